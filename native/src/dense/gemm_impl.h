@@ -1,0 +1,212 @@
+// The dense GEMM, written once over a vector-traits type and instantiated in
+// each ISA's file (gemm_avx2.cc, ...), compiled there with that ISA's flags.
+//
+//   y[m, n] = act(x[m, k] · W[n, k]ᵀ + bias[n])
+//
+// W is packed into panels of NR rows, stored k-major: panel p holds
+// W[p·NR + j, kk] at [kk·NR + j], so the micro-kernel reads NR consecutive
+// floats per k. x is packed per call into panels of MR rows the same way.
+// Blocking (BLIS-style): KC-deep slices keep one W micro-panel (KC·NR floats)
+// in L1 while it meets every x micro-panel of an MC-row block held in L2.
+//
+// Every y element is one chain of FMAs over k = 0..K-1 in order, whatever the
+// blocking or the thread that computes it, so results are bitwise identical for
+// any thread count.
+#pragma once
+#include <cstdint>
+#include <utility>
+
+#include "../common/simd.h"
+#include "sparsekit/thread_pool.h"
+
+namespace sparsekit {
+namespace {  // internal linkage: see simd.h
+
+SK_INLINE int64_t sk_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+SK_INLINE int64_t sk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Micro-kernel: c[MR, NRV·W] (+)= a[kc][MR_STEP] · b[kc][NRV·W].
+template <class V, int MR, int NRV, int MR_STEP>
+__attribute__((noinline)) void gemm_ukernel(int64_t kc, const float* __restrict a, const float* __restrict b,
+                                            float* __restrict c, int64_t ldc, bool accumulate) {
+  using T = typename V::T;
+  constexpr int NR = NRV * V::W;
+  T acc[MR][NRV];
+  if (accumulate) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NRV; ++j) acc[i][j] = V::load(c + i * ldc + j * V::W);
+  } else {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NRV; ++j) acc[i][j] = V::zero();
+  }
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    T bv[NRV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NRV; ++j) bv[j] = V::load(b + j * V::W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      T av = V::bcast(a + i);
+#pragma GCC unroll 8
+      for (int j = 0; j < NRV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+    }
+    a += MR_STEP;
+    b += NR;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NRV; ++j) V::store(c + i * ldc + j * V::W, acc[i][j]);
+}
+
+template <class Cfg>
+struct Gemm {
+  using V = typename Cfg::V;
+  static constexpr int MR = Cfg::MR;
+  static constexpr int NRV = Cfg::NRV;
+  static constexpr int NR = NRV * V::W;
+  static constexpr int KC = Cfg::KC;
+  static constexpr int MC_MAX = Cfg::MC_MAX;  // rows of x per L2 block (multiple of MR)
+
+  using Ukernel = void (*)(int64_t, const float*, const float*, float*, int64_t, bool);
+
+  template <int... Is>
+  static const Ukernel* table(std::integer_sequence<int, Is...>) {
+    static const Ukernel t[] = {&gemm_ukernel<V, Is + 1, NRV, MR>...};
+    return t;
+  }
+  static Ukernel ukernel_for_rows(int rows) {
+    return table(std::make_integer_sequence<int, MR>{})[rows - 1];
+  }
+
+  static void pack_w(const float* w, int64_t n, int64_t k, int64_t p0, int64_t p1, float* out) {
+    // Blocked transpose: 8 k-columns at a time keeps the NR source rows' lines in cache.
+    for (int64_t p = p0; p < p1; ++p) {
+      float* dst = out + p * k * NR;
+      int64_t rows = sk_min64(NR, n - p * NR);
+      for (int64_t k0 = 0; k0 < k; k0 += 64) {
+        int64_t k1 = sk_min64(k, k0 + 64);
+        for (int64_t j = 0; j < NR; ++j) {
+          if (j < rows) {
+            const float* src = w + (p * NR + j) * k;
+            for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = src[kk];
+          } else {
+            for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = 0.f;
+          }
+        }
+      }
+    }
+  }
+
+  static void pack_x_panel(const float* x, int64_t m, int64_t k, int64_t panel, float* out) {
+    float* dst = out + panel * k * MR;
+    int64_t r0 = panel * MR;
+    int64_t rows = sk_min64(MR, m - r0);
+    for (int64_t i = 0; i < MR; ++i) {
+      if (i < rows) {
+        const float* src = x + (r0 + i) * k;
+        for (int64_t kk = 0; kk < k; ++kk) dst[kk * MR + i] = src[kk];
+      } else {
+        for (int64_t kk = 0; kk < k; ++kk) dst[kk * MR + i] = 0.f;
+      }
+    }
+  }
+
+  struct Plan {
+    int64_t m, n, k;
+    int64_t mc, nc;      // block sizes (multiples of MR, NR)
+    int64_t n_mb, n_nb;  // block counts
+  };
+
+  static Plan make_plan(int64_t m, int64_t n, int64_t k, int threads) {
+    Plan p{m, n, k, 0, 0, 0, 0};
+    p.n_mb = sk_ceil_div(m, MC_MAX);
+    p.mc = sk_ceil_div(sk_ceil_div(m, p.n_mb), MR) * MR;
+    p.n_mb = sk_ceil_div(m, p.mc);
+    int64_t n_panels = sk_ceil_div(n, NR);
+    // Enough column blocks for load balance across threads (dynamic
+    // scheduling absorbs a noisy neighbour), but blocks wide enough that each
+    // x block in L2 is reused many times. The blocking never changes results.
+    int64_t want = sk_ceil_div(static_cast<int64_t>(threads) * 6, p.n_mb);
+    int64_t by_width = sk_ceil_div(n_panels, Cfg::NC_PANELS_MAX);
+    p.n_nb = want > by_width ? want : by_width;
+    if (p.n_nb > n_panels) p.n_nb = n_panels;
+    if (threads == 1) p.n_nb = by_width;
+    p.nc = sk_ceil_div(n_panels, p.n_nb) * NR;
+    p.n_nb = sk_ceil_div(n_panels * NR, p.nc);
+    return p;
+  }
+
+  // One task: rows [i0, i1) × columns [j0, j1) of y, all of k.
+  static void block(const Plan& pl, const float* xp, const float* wp, const float* bias, Activation act, float* y,
+                    int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const int64_t k = pl.k, n = pl.n;
+    alignas(64) float tmp[MR * NR];
+    auto tile = [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
+      int rows = static_cast<int>(sk_min64(MR, i1 - ir));
+      int64_t cols = sk_min64(NR, n - jr);
+      const float* a = xp + (ir / MR) * k * MR + pc * MR;
+      const float* b = wp + (jr / NR) * k * NR + pc * NR;
+      float* c = y + ir * n + jr;
+      bool acc = pc > 0;
+      bool last = pc + kc >= k;
+      Ukernel uk = ukernel_for_rows(rows);
+      if (cols == NR) {
+        uk(kc, a, b, c, n, acc);
+        if (last && (bias || act != Activation::kNone))
+          for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, NR, act);
+      } else {
+        // Right edge: run the full-width kernel on a scratch tile.
+        if (acc)
+          for (int i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < NR; ++j) tmp[i * NR + j] = j < cols ? c[i * n + j] : 0.f;
+        uk(kc, a, b, tmp, NR, acc);
+        for (int i = 0; i < rows; ++i) {
+          if (last) sk_epilogue_row(tmp + i * NR, bias ? bias + jr : nullptr, cols, act);
+          for (int64_t j = 0; j < cols; ++j) c[i * n + j] = tmp[i * NR + j];
+        }
+      }
+    };
+    if (i1 - i0 <= MR) {
+      // One row panel: stream each W panel through once, end to end.
+      for (int64_t jr = j0; jr < j1; jr += NR)
+        for (int64_t pc = 0; pc < k; pc += KC) tile(i0, jr, pc, sk_min64(KC, k - pc));
+    } else {
+      for (int64_t pc = 0; pc < k; pc += KC) {
+        int64_t kc = sk_min64(KC, k - pc);
+        for (int64_t jr = j0; jr < j1; jr += NR)
+          for (int64_t ir = i0; ir < i1; ir += MR) tile(ir, jr, pc, kc);
+      }
+    }
+  }
+
+  static void gemm(const float* x, int64_t m, int64_t k, const float* wp, int64_t n, const float* bias,
+                   Activation act, float* y, float* workspace) {
+    ThreadPool& pool = ThreadPool::instance();
+    int threads = pool.num_threads();
+    int64_t x_panels = sk_ceil_div(m, MR);
+    if (k == 0) {
+      // Empty reduction: y = act(bias).
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) y[i * n + j] = 0.f;
+        sk_epilogue_row(y + i * n, bias, n, act);
+      }
+      return;
+    }
+    pool.parallel_for(x_panels, [&](int64_t p, int) { pack_x_panel(x, m, k, p, workspace); });
+    Plan pl = make_plan(m, n, k, threads);
+    pool.parallel_for(pl.n_mb * pl.n_nb, [&](int64_t t, int) {
+      int64_t ib = t / pl.n_nb, jb = t % pl.n_nb;
+      int64_t i0 = ib * pl.mc, i1 = sk_min64(m, i0 + pl.mc);
+      int64_t j0 = jb * pl.nc, j1 = sk_min64(n, j0 + pl.nc);
+      block(pl, workspace, wp, bias, act, y, i0, i1, j0, j1);
+    });
+  }
+};
+
+}  // namespace
+}  // namespace sparsekit

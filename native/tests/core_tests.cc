@@ -1,0 +1,127 @@
+// C++ tests of the core, run by ctest (also under AddressSanitizer + UBSan in CI).
+// They check the core directly, below the binding: every ISA variant the CPU
+// can run against a float64 reference, thread-count invariance, the pool.
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "sparsekit/dense.h"
+#include "sparsekit/runtime.h"
+#include "sparsekit/thread_pool.h"
+
+using namespace sparsekit;
+
+static int failures = 0;
+#define CHECK(cond, ...)                                   \
+  do {                                                     \
+    if (!(cond)) {                                         \
+      ++failures;                                          \
+      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::fprintf(stderr, __VA_ARGS__);                   \
+      std::fprintf(stderr, "\n");                          \
+    }                                                      \
+  } while (0)
+
+static double act_ref(double v, Activation a) {
+  switch (a) {
+    case Activation::kNone: return v;
+    case Activation::kRelu: return v > 0 ? v : 0;
+    case Activation::kGelu: return 0.5 * v * std::erfc(-v / std::sqrt(2.0));
+    case Activation::kGeluTanh: return 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+    case Activation::kSilu: return v / (1 + std::exp(-v));
+  }
+  return v;
+}
+
+static double rel_err(const std::vector<float>& y, const std::vector<double>& r) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    num += (y[i] - r[i]) * (y[i] - r[i]);
+    den += r[i] * r[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+static void test_pool() {
+  ThreadPool& pool = ThreadPool::instance();
+  for (int threads : {1, 2, 3}) {
+    pool.set_num_threads(threads);
+    std::vector<std::atomic<int>> hits(1000);
+    pool.parallel_for(1000, [&](int64_t t, int) { hits[t]++; });
+    bool all_once = true;
+    for (auto& h : hits) all_once = all_once && h.load() == 1;
+    CHECK(all_once, "every task runs exactly once (threads=%d)", threads);
+    // Nested calls run inline instead of deadlocking.
+    std::atomic<int> inner{0};
+    pool.parallel_for(4, [&](int64_t, int) { pool.parallel_for(3, [&](int64_t, int) { inner++; }); });
+    CHECK(inner.load() == 12, "nested parallel_for ran %d of 12", inner.load());
+  }
+  pool.set_num_threads(default_num_threads());
+}
+
+static void test_linear_isa(Isa isa, std::mt19937& rng) {
+  const int shapes[][3] = {{1, 1, 1}, {1, 17, 5},  {7, 33, 31}, {6, 256, 16}, {13, 257, 47},
+                           {64, 300, 100}, {300, 31, 17}, {5, 1000, 3}, {97, 513, 129}, {2, 0, 4}};
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
+  for (auto& s : shapes) {
+    int m = s[0], k = s[1], n = s[2];
+    std::vector<float> x(m * k), w(n * k), b(n);
+    for (auto& v : x) v = U(rng);
+    for (auto& v : w) v = U(rng);
+    for (auto& v : b) v = U(rng);
+    for (int ai = 0; ai <= 4; ++ai) {
+      Activation act = static_cast<Activation>(ai);
+      std::vector<double> ref(m * n);
+      for (int i = 0; i < m; ++i)
+        for (int j = 0; j < n; ++j) {
+          double acc = b[j];
+          for (int kk = 0; kk < k; ++kk) acc += double(x[i * k + kk]) * w[j * k + kk];
+          ref[i * n + j] = act_ref(acc, act);
+        }
+      std::shared_ptr<PackedLinear> packed;
+      Status st = pack_linear(w.data(), n, k, isa, &packed);
+      CHECK(st.ok(), "pack_linear: %s", st.message.c_str());
+      if (!st.ok()) return;
+      std::vector<float> y1(m * n), y2(m * n), y3(m * n);
+      LinearArgs a;
+      a.x = x.data(); a.m = m; a.k = k; a.bias = b.data(); a.act = act;
+      ThreadPool::instance().set_num_threads(1);
+      a.y = y1.data();
+      CHECK(linear_packed(a, *packed).ok(), "linear_packed");
+      ThreadPool::instance().set_num_threads(2);
+      a.y = y2.data();
+      CHECK(linear_packed(a, *packed).ok(), "linear_packed");
+      a.y = y3.data();
+      CHECK(linear(a, w.data(), n, isa).ok(), "linear");
+      double e = rel_err(y1, ref);
+      CHECK(e < 2e-6, "%s m=%d k=%d n=%d act=%s rel err %.3g", isa_name(isa), m, k, n, activation_name(act), e);
+      CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * 4) == 0, "%s m=%d k=%d n=%d: 1 vs 2 threads differ",
+            isa_name(isa), m, k, n);
+      CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0, "%s m=%d k=%d n=%d: packed vs unpacked differ",
+            isa_name(isa), m, k, n);
+    }
+  }
+}
+
+int main() {
+  std::mt19937 rng(1234);
+  test_pool();
+  int ran = 0;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    if (!dense_kernels(isa)) continue;
+    if (!isa_supported(isa)) {
+      std::printf("skip %s: this CPU cannot run it\n", isa_name(isa));
+      continue;
+    }
+    test_linear_isa(isa, rng);
+    ++ran;
+    std::printf("linear %s (%s): checked\n", isa_name(isa), dense_kernels(isa)->name);
+  }
+  CHECK(ran >= 1, "no ISA variant ran");
+  std::printf("%d failures\n", failures);
+  return failures == 0 ? 0 : 1;
+}
