@@ -1,0 +1,54 @@
+/**
+ * sparsekit — sparse kernels for transformers in Node.js.
+ *
+ * Everything heavy runs in C++ (Node-API) on a persistent thread pool, with
+ * kernels for the CPU's best instruction set chosen at load.
+ */
+import { native, type IsaName, type RawInfo } from './native';
+
+export { linear, linearAsync, prepackLinear } from './dense';
+export type { LinearOptions, ActivationName, PackedLinear } from './dense';
+export { tensor, zeros, numel, randomTensor } from './tensor';
+export type { Tensor, Float32Tensor } from './tensor';
+export type { IsaName } from './native';
+
+export interface BackendInfo {
+  available: boolean;
+  reason: string;
+}
+
+export interface SparsekitInfo extends RawInfo {
+  backends: { cpu: BackendInfo; cuda: BackendInfo };
+}
+
+/** Version, chosen instruction set (and why), threads, kernels and backends. */
+export function info(): SparsekitInfo {
+  const raw = native.info();
+  return {
+    ...raw,
+    backends: {
+      cpu: { available: true, reason: `${raw.isa} kernels, ${raw.threads} threads` },
+      cuda: { available: false, reason: 'this build has no CUDA plugin (libsparsekit_cuda is not shipped yet)' },
+    },
+  };
+}
+
+/** Sets the size of the native thread pool (default: the machine's cores). */
+export function setNumThreads(n: number): void {
+  native.setNumThreads(n);
+}
+
+/** Current size of the native thread pool. */
+export function getNumThreads(): number {
+  return native.getNumThreads();
+}
+
+/**
+ * Forces an instruction set for kernels run from now on (for tests and
+ * comparisons; `SPARSEKIT_ISA` does the same at load). Throws `RangeError` if
+ * the CPU cannot run it. Weights packed earlier keep the kernel they were
+ * packed for.
+ */
+export function setIsa(isa: IsaName): void {
+  native.setIsa(isa);
+}

@@ -1,0 +1,62 @@
+/**
+ * The only file that touches the raw addon. It loads the prebuilt binary for
+ * this platform (prebuilds/<platform>-<arch>/) or a local build (build/Release)
+ * through node-gyp-build, and gives it one typed interface.
+ *
+ * The raw functions validate every argument themselves (the C++ binding is the
+ * safety boundary), so calling them directly with garbage throws, never crashes.
+ */
+import * as path from 'node:path';
+import type { Float32Tensor } from './tensor';
+
+export type ActivationName = 'none' | 'relu' | 'gelu' | 'gelu_tanh' | 'silu';
+export type IsaName = 'scalar' | 'avx2' | 'avx512' | 'neon';
+
+/** Opaque weight packed once for the dense kernel (see prepackLinear). */
+export interface PackedLinear {
+  readonly outFeatures: number;
+  readonly inFeatures: number;
+  /** Instruction set whose kernel layout it was packed for. */
+  readonly isa: IsaName;
+  /** Name of the micro-kernel that will run it, e.g. f32-gemm-6x16-avx2-fma. */
+  readonly kernel: string;
+  /** Bytes of packed weight held in native memory. */
+  readonly bytes: number;
+}
+
+export interface NativeLinearOptions {
+  bias?: Float32Array | Float32Tensor | null;
+  activation?: ActivationName;
+  out?: Float32Array | null;
+}
+
+export interface RawInfo {
+  version: string;
+  isa: IsaName;
+  isaReason: string;
+  supportedIsas: IsaName[];
+  compiledIsas: IsaName[];
+  threads: number;
+  kernels: { dense: string };
+  cpu: Record<string, boolean>;
+}
+
+export interface NativeBinding {
+  info(): RawInfo;
+  setNumThreads(n: number): void;
+  getNumThreads(): number;
+  setIsa(isa: IsaName): void;
+  prepackLinear(w: Float32Tensor): PackedLinear;
+  linear(x: Float32Tensor, w: Float32Tensor | PackedLinear, options?: NativeLinearOptions): Float32Tensor;
+  linearAsync(x: Float32Tensor, w: Float32Tensor | PackedLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
+}
+
+function load(): NativeBinding {
+  const root = path.join(__dirname, '..');
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const gypBuild = require('node-gyp-build') as (dir: string) => unknown;
+  return gypBuild(root) as NativeBinding;
+}
+
+/** The raw addon. Prefer the typed wrappers exported from the package root. */
+export const native: NativeBinding = load();
