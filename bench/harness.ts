@@ -338,11 +338,13 @@ export function fmt(v: number | undefined, digits = 3): string {
   return v.toExponential(2);
 }
 
+const LEFT_ALIGNED = new Set(['case', 'contender', 'speed ratio']);
+
 function mdTable(header: string[], rows: string[][]): string {
   const esc = (s: string) => s.replace(/\|/g, '\\|');
   return [
     `| ${header.map(esc).join(' | ')} |`,
-    `| ${header.map((h, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`,
+    `| ${header.map((h) => (LEFT_ALIGNED.has(h) ? ':---' : '---:')).join(' | ')} |`,
     ...rows.map((r) => `| ${r.map(esc).join(' | ')} |`),
   ].join('\n');
 }
@@ -473,9 +475,15 @@ export async function runSuite(suite: Suite, opts: { quick?: boolean; timing?: T
     '',
     ...notes.map((n) => `- ${n}`),
     ...(notes.length ? [''] : []),
-    `_${startedAt}, ${(wallMs / 1000).toFixed(0)} s${quick ? ', quick mode' : ''}; medians of interleaved samples; n = samples×calls per sample._`,
+    `_${startedAt}, ${(wallMs / 1000).toFixed(0)} s${quick ? ', quick mode' : ''}, 1-min load average ${loadRange(cases)} on ${cpus().length} CPUs; medians of interleaved samples; n = samples×calls per sample._`,
   ].join('\n');
   return { family: suite.family, title: suite.title, description: suite.description, quick, timing, startedAt, wallMs, meta, notes, cases, markdown: md };
+}
+
+function loadRange(cases: CaseResult[]): string {
+  const l = cases.flatMap((c) => c.load);
+  if (l.length === 0) return '–';
+  return `${Math.min(...l).toFixed(1)}–${Math.max(...l).toFixed(1)}`;
 }
 
 interface ResultsFile {
