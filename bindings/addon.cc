@@ -78,6 +78,7 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads, "getNumThreads"));
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
   RegisterDense(env, exports);
+  RegisterExperts(env, exports);
   return exports;
 }
 

@@ -8,6 +8,21 @@ import { native, type IsaName, type RawInfo } from './native';
 
 export { linear, linearAsync, prepackLinear } from './dense';
 export type { LinearOptions, ActivationName, PackedLinear } from './dense';
+export {
+  prepackExperts,
+  prepackGatedExperts,
+  groupedLinear,
+  groupedLinearAsync,
+  groupedGatedLinear,
+  groupedGatedLinearAsync,
+  permute,
+  permuteAsync,
+  combine,
+  combineAsync,
+  expertsForward,
+  expertsForwardAsync,
+} from './experts';
+export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';
