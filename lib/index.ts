@@ -67,3 +67,6 @@ export function getNumThreads(): number {
 export function setIsa(isa: IsaName): void {
   native.setIsa(isa);
 }
+
+export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MAX_HEADER_BYTES } from './safetensors';
+export type { TensorInfo, TensorToSave } from './safetensors';
