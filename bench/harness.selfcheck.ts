@@ -46,13 +46,16 @@ test('measureCase interleaves contenders, handles async ones, computes GFLOP/s a
   const [fast, slow] = r.contenders;
   assert.equal(fast.n, 6);
   assert.equal(slow.n, 6);
-  assert.ok(fast.median >= 1 && fast.median < 1.6, `fast median ${fast.median}`);
-  assert.ok(slow.median >= 2 && slow.median < 2.8, `slow median ${slow.median}`);
+  // busy waits end at an absolute time, so a sample is never shorter; on a
+  // loaded machine it can be much longer, so only lower bounds are asserted
+  assert.ok(fast.median >= 1, `fast median ${fast.median}`);
+  assert.ok(slow.median >= 2, `slow median ${slow.median}`);
   assert.ok(Math.abs(fast.gflops! - 1e9 / (fast.median * 1e-3) / 1e9) < 1e-9);
   assert.ok(Math.abs(fast.gbps! - fast.gflops!) < 1e-9);
   assert.equal(fast.columns!.double, fast.median * 2);
   const ratio = r.ratios[0].speedup;
-  assert.ok(ratio > 1.4 && ratio < 2.6, `ratio ${ratio}`);
+  assert.equal(ratio, slow.median / fast.median);
+  assert.ok(fast.p10 <= fast.median && fast.median <= fast.p90);
   // sampling phase alternates: after warmup, no contender runs twice in a row
   // except across a rotation boundary (…fast | fast…)
   const sampled = order.slice(order.length - 12);
