@@ -6,6 +6,7 @@
 #include "args.h"
 #include "async.h"
 #include "families.h"
+#include "handle.h"
 #include "sparsekit/experts.h"
 #include "sparsekit/runtime.h"
 
@@ -14,49 +15,20 @@ namespace binding {
 
 namespace {
 
-class PackedExpertsWrap : public Napi::ObjectWrap<PackedExpertsWrap> {
- public:
-  static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function f = DefineClass(env, "PackedExperts",
-                                   {InstanceAccessor<&PackedExpertsWrap::Experts>("numExperts"),
-                                    InstanceAccessor<&PackedExpertsWrap::Out>("outFeatures"),
-                                    InstanceAccessor<&PackedExpertsWrap::In>("inFeatures"),
-                                    InstanceAccessor<&PackedExpertsWrap::Gated>("gated"),
-                                    InstanceAccessor<&PackedExpertsWrap::Isa>("isa"),
-                                    InstanceAccessor<&PackedExpertsWrap::Bytes>("bytes")});
-    addon_data(env)->packed_experts_ctor = Napi::Persistent(f);
-    exports.Set("PackedExperts", f);
-  }
-  explicit PackedExpertsWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PackedExpertsWrap>(info) {
-    if (info.Length() != 1 || !info[0].IsExternal())
-      throw_type(info.Env(), "PackedExperts", "use prepackExperts() or prepackGatedExperts() to make packed experts");
-    packed = *info[0].As<Napi::External<std::shared_ptr<PackedExperts>>>().Data();
-  }
-  static std::shared_ptr<PackedExperts> Get(Napi::Env env, const std::string& fn, const std::string& name,
-                                            const Napi::Value& v) {
-    AddonData* d = addon_data(env);
-    if (!v.IsObject() || d->packed_experts_ctor.IsEmpty() || !v.As<Napi::Object>().InstanceOf(d->packed_experts_ctor.Value()))
-      throw_type(env, fn, name + " must be packed experts from prepackExperts()/prepackGatedExperts(), got " + describe(v));
-    return Unwrap(v.As<Napi::Object>())->packed;
-  }
-  static Napi::Value Wrap(Napi::Env env, std::shared_ptr<PackedExperts> p) {
-    auto ext = Napi::External<std::shared_ptr<PackedExperts>>::New(
-        env, new std::shared_ptr<PackedExperts>(std::move(p)),
-        [](Napi::Env, std::shared_ptr<PackedExperts>* q) { delete q; });
-    return addon_data(env)->packed_experts_ctor.New({ext});
-  }
-  std::shared_ptr<PackedExperts> packed;
+using PackedExpertsHandle = Handle<PackedExperts>;
 
- private:
-  Napi::Value Experts(const Napi::CallbackInfo& i) { return Napi::Number::New(i.Env(), double(packed->experts)); }
-  Napi::Value Out(const Napi::CallbackInfo& i) { return Napi::Number::New(i.Env(), double(packed->n)); }
-  Napi::Value In(const Napi::CallbackInfo& i) { return Napi::Number::New(i.Env(), double(packed->k)); }
-  Napi::Value Gated(const Napi::CallbackInfo& i) { return Napi::Boolean::New(i.Env(), packed->gated); }
-  Napi::Value Isa(const Napi::CallbackInfo& i) { return Napi::String::New(i.Env(), isa_name(packed->kernels->isa)); }
-  Napi::Value Bytes(const Napi::CallbackInfo& i) {
-    return Napi::Number::New(i.Env(), double(packed->stride * packed->experts * (packed->gated ? 2 : 1)) * 4);
-  }
-};
+void DescribePackedExperts(Napi::Env env, Napi::Object& o, const PackedExperts& p) {
+  PackedExpertsHandle::Prop(o, "numExperts", Napi::Number::New(env, double(p.experts)));
+  PackedExpertsHandle::Prop(o, "outFeatures", Napi::Number::New(env, double(p.n)));
+  PackedExpertsHandle::Prop(o, "inFeatures", Napi::Number::New(env, double(p.k)));
+  PackedExpertsHandle::Prop(o, "gated", Napi::Boolean::New(env, p.gated));
+  PackedExpertsHandle::Prop(o, "isa", Napi::String::New(env, isa_name(p.kernels->isa)));
+  PackedExpertsHandle::Prop(o, "bytes", Napi::Number::New(env, double(p.stride * p.experts * (p.gated ? 2 : 1)) * 4));
+}
+
+Napi::Value WrapExperts(Napi::Env env, std::shared_ptr<PackedExperts> p) {
+  return PackedExpertsHandle::Wrap(env, std::move(p), DescribePackedExperts);
+}
 
 const char* kStack = "[experts, out, in]";
 
@@ -76,7 +48,7 @@ Napi::Value PrepackExperts(const Napi::CallbackInfo& info) {
   }
   std::shared_ptr<PackedExperts> p;
   throw_if_error(env, fn, pack_experts(w.data(), nullptr, n * k, e, n, k, bias, active_isa(), &p));
-  return PackedExpertsWrap::Wrap(env, std::move(p));
+  return WrapExperts(env, std::move(p));
 }
 
 // prepackGatedExperts(W1 [E, ffn, d], W3 [E, ffn, d]) or
@@ -100,7 +72,7 @@ Napi::Value PrepackGatedExperts(const Napi::CallbackInfo& info) {
     int64_t e = w1.dim(0), n = w1.dim(1), k = w1.dim(2);
     throw_if_error(env, fn, pack_experts(w1.data(), w3.data(), n * k, e, n, k, nullptr, active_isa(), &p));
   }
-  return PackedExpertsWrap::Wrap(env, std::move(p));
+  return WrapExperts(env, std::move(p));
 }
 
 // expertOffsets: Int32Array [E+1], 0 = o[0] ≤ o[1] ≤ … ≤ o[E] = rows.
@@ -152,7 +124,7 @@ Napi::Value GroupedLinearImpl(const Napi::CallbackInfo& info, bool async, bool g
   std::string fn = gated ? "groupedGatedLinear" : "groupedLinear";
   if (async) fn += "Async";
   auto xs = get_tensor<float>(env, fn, "xs", info[0], 2, "[rows, in]");
-  auto w = PackedExpertsWrap::Get(env, fn, gated ? "gateUp" : "experts", info[2]);
+  auto w = PackedExpertsHandle::Get(env, fn, gated ? "gateUp" : "experts", info[2]);
   if (w->gated != gated)
     throw_type(env, fn, gated ? "gateUp must be gated experts from prepackGatedExperts()"
                               : "experts are gated: use groupedGatedLinear() (or prepackExperts() for a plain stack)");
@@ -254,8 +226,8 @@ Napi::Value ExpertsForwardImpl(const Napi::CallbackInfo& info, bool async) {
   if (!info[1].IsObject() || info[1].IsArray() || info[1].IsTypedArray())
     throw_type(env, fn, "plan must be a routing plan { sortedSlots, expertOffsets, weights, k }, got " + describe(info[1]));
   Napi::Object plan = info[1].As<Napi::Object>();
-  auto gate_up = PackedExpertsWrap::Get(env, fn, "gateUp", info[2]);
-  auto down = PackedExpertsWrap::Get(env, fn, "down", info[3]);
+  auto gate_up = PackedExpertsHandle::Get(env, fn, "gateUp", info[2]);
+  auto down = PackedExpertsHandle::Get(env, fn, "down", info[3]);
   if (!gate_up->gated) throw_type(env, fn, "gateUp must be gated experts from prepackGatedExperts()");
   if (down->gated) throw_type(env, fn, "down must be a plain expert stack from prepackExperts()");
   int64_t tokens = x.dim(0), d = x.dim(1), ffn = gate_up->n, experts = gate_up->experts;
@@ -309,7 +281,7 @@ Napi::Value ExpertsForwardAsync(const Napi::CallbackInfo& i) { return ExpertsFor
 }  // namespace
 
 void RegisterExperts(Napi::Env env, Napi::Object exports) {
-  PackedExpertsWrap::Init(env, exports);
+  PackedExpertsHandle::Init(env, exports, "PackedExperts", "use prepackExperts() or prepackGatedExperts() to make packed experts");
   exports.Set("prepackExperts", Napi::Function::New(env, PrepackExperts, "prepackExperts"));
   exports.Set("prepackGatedExperts", Napi::Function::New(env, PrepackGatedExperts, "prepackGatedExperts"));
   exports.Set("groupedLinear", Napi::Function::New(env, GroupedLinear, "groupedLinear"));

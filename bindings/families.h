@@ -2,13 +2,16 @@
 #pragma once
 #include <napi.h>
 
+#include <map>
+#include <string>
+
 namespace sparsekit {
 namespace binding {
 
 // Per-environment state (Node worker threads each load the addon anew).
 struct AddonData {
-  Napi::FunctionReference packed_linear_ctor;
-  Napi::FunctionReference packed_experts_ctor;
+  // Constructors of the opaque handle classes (handle.h), by class name.
+  std::map<std::string, Napi::FunctionReference> handle_ctors;
 };
 
 inline AddonData* addon_data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }

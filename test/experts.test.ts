@@ -229,7 +229,7 @@ test('expertsForward: dropped slots pass through as 0; out buffer reused; worksp
     ['prepackExperts bias shape', () => prepackExperts({ data: new Float32Array(8), shape: [2, 2, 2] }, { bias: { data: new Float32Array(3), shape: [1, 3] } }), R, /^prepackExperts: bias\.shape \[1, 3\] must be \[experts, out\] = \[2, 2\]/],
     ['prepackGatedExperts odd concat', () => prepackGatedExperts({ data: new Float32Array(6), shape: [1, 3, 2] }), R, /gateUp\.shape\[1\] must be even/],
     ['prepackGatedExperts shape mismatch', () => prepackGatedExperts({ data: new Float32Array(6), shape: [1, 3, 2] }, { data: new Float32Array(4), shape: [1, 2, 2] }), R, /up\.shape \[1, 2, 2\] must equal gate\.shape \[1, 3, 2\]/],
-    ['groupedLinear experts not packed', () => groupedLinear(xs, plan.expertOffsets, {} as never), T, /^groupedLinear: experts must be packed experts/],
+    ['groupedLinear experts not packed', () => groupedLinear(xs, plan.expertOffsets, {} as never), T, /^groupedLinear: experts must be a PackedExperts \(use prepackExperts/],
     ['groupedLinear gated stack', () => groupedLinear(xs, plan.expertOffsets, gateUp), T, /experts are gated/],
     ['groupedGatedLinear plain stack', () => groupedGatedLinear(xs, plan.expertOffsets, plain), T, /gateUp must be gated/],
     ['groupedLinear offsets Float32Array', () => groupedLinear({ data: new Float32Array(rows * ffn), shape: [rows, ffn] }, new Float32Array(4) as never, down), T, /expertOffsets must be a Int32Array/],
