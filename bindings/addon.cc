@@ -79,6 +79,7 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
   RegisterDense(env, exports);
   RegisterExperts(env, exports);
+  RegisterCuda(env, exports);
   return exports;
 }
 

@@ -5,6 +5,7 @@
  * kernels for the CPU's best instruction set chosen at load.
  */
 import { native, type IsaName, type RawInfo } from './native';
+import { cuda, type CudaBackendInfo } from './cuda';
 
 export { linear, linearAsync, prepackLinear } from './dense';
 export type { LinearOptions, ActivationName, PackedLinear } from './dense';
@@ -23,6 +24,17 @@ export {
   expertsForwardAsync,
 } from './experts';
 export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
+export { cuda, DeviceTensor, DevicePlan, DeviceBsr, DeviceNM, CudaStream, CudaUnavailableError } from './cuda';
+export type {
+  DeviceDtype,
+  CudaBackendInfo,
+  CudaBackendStatus,
+  CudaLinearOptions,
+  CudaGroupedOptions,
+  CudaRouteOptions,
+  HostPlan,
+  StreamOption,
+} from './cuda';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';
@@ -33,7 +45,14 @@ export interface BackendInfo {
 }
 
 export interface SparsekitInfo extends RawInfo {
-  backends: { cpu: BackendInfo; cuda: BackendInfo };
+  /**
+   * `cpu` is always available. `cuda` says whether the optional CUDA plugin
+   * was found and can run here, and if not why: `status` is one of
+   * `disabled`, `no-plugin`, `load-error`, `abi-mismatch`, `no-driver`,
+   * `no-gpu`, `unsupported-gpu`, `available`; `reason` says it in words
+   * (the device, or what is missing). Asking loads the plugin (once).
+   */
+  backends: { cpu: BackendInfo; cuda: CudaBackendInfo };
 }
 
 /** Version, chosen instruction set (and why), threads, kernels and backends. */
@@ -43,7 +62,7 @@ export function info(): SparsekitInfo {
     ...raw,
     backends: {
       cpu: { available: true, reason: `${raw.isa} kernels, ${raw.threads} threads` },
-      cuda: { available: false, reason: 'this build has no CUDA plugin (libsparsekit_cuda is not shipped yet)' },
+      cuda: cuda.info(),
     },
   };
 }
