@@ -163,9 +163,15 @@ struct DevicePlan {
   BufPtr sorted_slots, offsets, weights, row_of_slot;  // always
   BufPtr expert_ids, tokens_per_expert;                // from cuda.route only
 };
+// The structure of a block-sparse matrix, shared by the matrices that have
+// it (sddmm's output has its mask's).
+struct BsrPattern {
+  BufPtr row_ptr, col_idx, block_row;
+};
 struct DeviceBsr {
   int64_t rows = 0, cols = 0, br = 0, bc = 0, nnz = 0;
-  BufPtr row_ptr, col_idx, block_row, values;
+  std::shared_ptr<BsrPattern> pattern;
+  BufPtr values;
   sk_dtype dtype = SK_F32;
 };
 struct DeviceNM {
@@ -533,11 +539,11 @@ Napi::Value CudaDispose(const Napi::CallbackInfo& info) {
     for (auto* b : {&p->sorted_slots, &p->offsets, &p->weights, &p->row_of_slot, &p->expert_ids, &p->tokens_per_expert})
       if (*b) (*b)->release();
   } else if (BsrHandle::Is(info[0])) {
-    // Structure buffers may be shared with other matrices of the same pattern
-    // (sddmm's output): only the values are this matrix's own.
+    // The structure may be shared with other matrices of the same pattern
+    // (sddmm's output): it is freed when the last of them lets go of it.
     auto p = BsrHandle::Get(env, fn, "x", info[0]);
     if (p->values) p->values->release();
-    p->values.reset();
+    p->pattern.reset();
   } else if (NMHandle::Is(info[0])) {
     auto p = NMHandle::Get(env, fn, "x", info[0]);
     for (auto* b : {&p->values, &p->meta, &p->idx})
@@ -904,7 +910,7 @@ void describe_bsr(Napi::Env env, Napi::Object& o, const DeviceBsr& b) {
 std::shared_ptr<DeviceBsr> get_bsr(Napi::Env env, const std::string& fn, const std::string& name, const Napi::Value& v) {
   if (!BsrHandle::Is(v)) throw_type(env, fn, name + " must be a DeviceBsr (from cuda.toDeviceBsr or cuda.sddmm), got " + describe(v));
   auto b = BsrHandle::Get(env, fn, name, v);
-  if (!b->values || b->values->disposed) throw Napi::Error::New(env, fn + ": " + name + " was disposed");
+  if (!b->values || b->values->disposed || !b->pattern) throw Napi::Error::New(env, fn + ": " + name + " was disposed");
   return b;
 }
 
@@ -968,10 +974,12 @@ Napi::Value CudaToDeviceBsr(const Napi::CallbackInfo& info) {
   b->bc = bc;
   b->nnz = nnz;
   b->dtype = dt;
-  b->row_ptr = upload(env, fn, SK_I32, {nbr + 1}, row_ptr.data, s);
+  b->pattern = std::make_shared<BsrPattern>();
+  b->pattern->row_ptr = upload(env, fn, SK_I32, {nbr + 1}, row_ptr.data, s);
   int32_t dummy = 0;
-  b->col_idx = upload(env, fn, SK_I32, {std::max<int64_t>(nnz, 1)}, nnz ? static_cast<const void*>(col_idx.data) : &dummy, s);
-  b->block_row = upload(env, fn, SK_I32, {std::max<int64_t>(nnz, 1)}, block_row.data(), s);
+  b->pattern->col_idx =
+      upload(env, fn, SK_I32, {std::max<int64_t>(nnz, 1)}, nnz ? static_cast<const void*>(col_idx.data) : &dummy, s);
+  b->pattern->block_row = upload(env, fn, SK_I32, {std::max<int64_t>(nnz, 1)}, block_row.data(), s);
   float fdummy = 0;
   const int64_t nv = std::max<int64_t>(nnz * br * bc, 1);
   if (dt == SK_F32) {
@@ -990,15 +998,15 @@ sk_cuda_bsr bsr_view(const DeviceBsr& b) {
   v.br = b.br;
   v.bc = b.bc;
   v.nnz = b.nnz;
-  v.d_row_ptr = static_cast<const int32_t*>(b.row_ptr->ptr);
-  v.d_col_idx = static_cast<const int32_t*>(b.col_idx->ptr);
-  v.d_block_row = static_cast<const int32_t*>(b.block_row->ptr);
+  v.d_row_ptr = static_cast<const int32_t*>(b.pattern->row_ptr->ptr);
+  v.d_col_idx = static_cast<const int32_t*>(b.pattern->col_idx->ptr);
+  v.d_block_row = static_cast<const int32_t*>(b.pattern->block_row->ptr);
   v.d_values = b.values ? b.values->ptr : nullptr;
   return v;
 }
 
-void use_bsr(Napi::Env env, const std::string& fn, const DeviceBsr& b, const StreamPtr& s) {
-  for (const BufPtr* p : {&b.row_ptr, &b.col_idx, &b.block_row, &b.values}) use_on(env, fn, *p, s);
+void use_pattern(Napi::Env env, const std::string& fn, const BsrPattern& p, const StreamPtr& s) {
+  for (const BufPtr* b : {&p.row_ptr, &p.col_idx, &p.block_row}) use_on(env, fn, *b, s);
 }
 
 // cudaBsrLinear(x [m, in], Wb [out, in], options?: { bias, activation, outDtype, stream })
@@ -1019,7 +1027,8 @@ Napi::Value BsrLinearImpl(const Napi::CallbackInfo& info, bool async) {
   StreamPtr s = get_stream(env, fn, opts);
   use_on(env, fn, x, s);
   use_on(env, fn, bias, s);
-  use_bsr(env, fn, *w, s);
+  use_pattern(env, fn, *w->pattern, s);
+  use_on(env, fn, w->values, s);
   const int64_t m = x->shape[0];
   BufPtr y = alloc(env, fn, ydt, {m, w->rows}, s);
   sk_cuda_bsr v = bsr_view(*w);
@@ -1041,7 +1050,7 @@ Napi::Value SddmmImpl(const Napi::CallbackInfo& info, bool async) {
   if (b->dtype != a->dtype) throw_type(env, fn, "a and b must have the same dtype");
   if (!BsrHandle::Is(info[2])) throw_type(env, fn, "mask must be a DeviceBsr, got " + describe(info[2]));
   auto mask = BsrHandle::Get(env, fn, "mask", info[2]);
-  if (!mask->row_ptr || mask->row_ptr->disposed) throw Napi::Error::New(env, fn + ": mask was disposed");
+  if (!mask->pattern) throw Napi::Error::New(env, fn + ": mask was disposed");
   const int64_t k = a->shape[1];
   if (b->shape[1] != k) throw_range(env, fn, "b.shape[1] must equal a.shape[1] = " + std::to_string(k));
   if (a->shape[0] != mask->rows || b->shape[0] != mask->cols)
@@ -1052,8 +1061,8 @@ Napi::Value SddmmImpl(const Napi::CallbackInfo& info, bool async) {
   StreamPtr s = get_stream(env, fn, opts);
   use_on(env, fn, a, s);
   use_on(env, fn, b, s);
-  for (const BufPtr* p : {&mask->row_ptr, &mask->col_idx, &mask->block_row}) use_on(env, fn, *p, s);
-  auto out = std::make_shared<DeviceBsr>(*mask);  // same (shared) structure buffers
+  use_pattern(env, fn, *mask->pattern, s);
+  auto out = std::make_shared<DeviceBsr>(*mask);  // the same (shared) pattern
   out->dtype = odt;
   out->values = alloc(env, fn, odt, {std::max<int64_t>(mask->nnz * mask->br * mask->bc, 1)}, s);
   sk_cuda_bsr v = bsr_view(*mask);

@@ -230,13 +230,7 @@ __global__ void sddmm_generic_kernel(const T* __restrict__ a, const T* __restric
   store_one(out, g.ydt, idx, acc);
 }
 
-template <class K>
-int prepare(K kernel, size_t smem) {
-  if (smem > 48 * 1024)
-    return check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-                 "cudaFuncSetAttribute");
-  return SK_CUDA_OK;
-}
+
 
 template <class Cfg>
 int linear_mma(const bf16* x, const bf16* values, void* y, const BsrArgs& g, cudaStream_t s) {

@@ -72,6 +72,15 @@ __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { ret
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// Kernels with more than 48 KB of dynamic shared memory need an opt-in, once
+// per kernel (remembered by address).
+int allow_smem(const void* kernel, size_t smem);
+template <class K>
+int prepare(K* kernel, size_t smem) {
+  if (smem <= 48 * 1024) return SK_CUDA_OK;
+  return allow_smem(reinterpret_cast<const void*>(kernel), smem);
+}
+
 // ---- element types ---------------------------------------------------------------------
 
 __device__ __forceinline__ float to_float(float x) { return x; }

@@ -57,11 +57,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
 }
 
 // Large dynamic shared memory needs an opt-in per kernel.
-template <class K>
-int prepare(K kernel, size_t smem) {
-  if (smem > 48 * 1024) return check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), "cudaFuncSetAttribute");
-  return SK_CUDA_OK;
-}
+
 
 template <class Cfg, bool VEC>
 int launch_mma(const bf16* x, const bf16* w, const float* bias, void* y, int ydt, int64_t m, int64_t n, int64_t k,

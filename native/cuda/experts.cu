@@ -118,13 +118,7 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   });
 }
 
-template <class K>
-int prepare(K kernel, size_t smem) {
-  if (smem > 48 * 1024)
-    return check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-                 "cudaFuncSetAttribute");
-  return SK_CUDA_OK;
-}
+
 
 int schedule(const int32_t* offsets, int64_t experts, int64_t rows, int bm, int32_t* clamped, int32_t* tile_start,
              cudaStream_t s) {

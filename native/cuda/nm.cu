@@ -240,13 +240,7 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-template <class K>
-int prepare(K kernel, size_t smem) {
-  if (smem > 48 * 1024)
-    return check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-                 "cudaFuncSetAttribute");
-  return SK_CUDA_OK;
-}
+
 
 template <class Cfg>
 int launch_nm24(const bf16* x, const bf16* values, const uint32_t* meta, const float* bias, void* y, int ydt, int64_t m,

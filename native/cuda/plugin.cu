@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <mutex>
+#include <unordered_map>
 #include <string>
 
 #include "common.cuh"
@@ -49,6 +50,18 @@ const DeviceProps& device_props() {
 }
 
 bool use_wgmma() { return g_wgmma_enabled && device_props().sm == 90; }
+
+int allow_smem(const void* kernel, size_t smem) {
+  static std::mutex mu;
+  static std::unordered_map<const void*, size_t> done;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = done.find(kernel);
+  if (it != done.end() && it->second >= smem) return SK_CUDA_OK;
+  int rc = check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+                 "cudaFuncSetAttribute (dynamic shared memory)");
+  if (rc == SK_CUDA_OK) done[kernel] = smem;
+  return rc;
+}
 
 namespace {
 

@@ -346,10 +346,7 @@ extern "C" SK_CUDA_API int sk_cuda_route(const float* logits, int64_t T, int64_t
   if (warps > 8) warps = 8;
   a.warps = warps;
   const size_t smem = hist_bytes + warps * per_warp;
-  if (smem > 48 * 1024)
-    SKC_TRY(check(cudaFuncSetAttribute(route_select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem)),
-                  "cudaFuncSetAttribute"));
+  if (smem > 48 * 1024) SKC_TRY(allow_smem(reinterpret_cast<const void*>(route_select_kernel), smem));
   if (static_cast<size_t>(E) * 4 > 48 * 1024) return fail(SK_CUDA_EINVAL, "sk_cuda_route: at most 12288 experts");
 
   StreamBuffer counts;

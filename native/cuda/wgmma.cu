@@ -235,12 +235,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   });
 }
 
-template <class K>
-int prepare(K kernel, size_t smem) {
-  return check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-               "cudaFuncSetAttribute (wgmma)");
-}
-
 }  // namespace
 
 const char* wgmma_kernel_names() {
