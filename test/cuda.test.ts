@@ -427,6 +427,97 @@ function randomNM(rng: Rng, rows: number, cols: number, n: number, m: number): F
   return w;
 }
 
+/**
+ * The CUTLASS / PyTorch reordered metadata, computed by PyTorch's gather
+ * formulation (torch/sparse/_semi_structured_conversions.py,
+ * _sparse_semi_structured_from_dense_cutlass for int16 metadata): position j
+ * of the reordered array holds meta[off(j)] of the row-major [rows, cols/16]
+ * metadata. The binding packs with the scatter formulation (CUTLASS's
+ * reorder_meta); the two must agree.
+ */
+function cutlassGatherOffsets(rows: number, cols: number): Int32Array {
+  const mc = cols / 16;
+  const n = rows * mc;
+  const magic4 = [0, cols / 2, 1, cols / 2 + 1, cols, (3 * cols) / 2, cols + 1, (3 * cols) / 2 + 1];
+  const off = new Int32Array(n);
+  for (let j = 0; j < n; j++) {
+    const tmp1 = 2 * Math.floor(j / (2 * rows));
+    const tmp2 = Math.floor((j % 64) / 8) * mc;
+    const tmp3 = (Math.floor(j / 64) % (rows / 32)) * 2 * cols;
+    off[j] = tmp1 + tmp2 + tmp3 + magic4[j % 8];
+  }
+  return off;
+}
+
+test('cuda.packCutlass24 (host, no GPU): values and metadata in the CUTLASS / PyTorch semi-structured layout', () => {
+  const rng = new Rng(92);
+  for (const [rows, cols] of [[32, 64], [64, 128], [96, 192]]) {
+    // Exactly two nonzeros per group of four.
+    const w = new Float32Array(rows * cols);
+    const pairs: [number, number][] = [];
+    for (let g = 0; g < (rows * cols) / 4; g++) {
+      const a = rng.int(0, 3);
+      let b = rng.int(0, 2);
+      if (b >= a) b++;
+      const [i0, i1] = a < b ? [a, b] : [b, a];
+      pairs.push([i0, i1]);
+      w[g * 4 + i0] = bf16Round(rng.next() + 0.5);
+      w[g * 4 + i1] = -bf16Round(rng.next() + 0.5);
+    }
+    const { values, meta } = cuda.packCutlass24({ data: w, shape: [rows, cols] });
+    // values: the two kept values of each group, in column order, as bf16 bits.
+    for (let g = 0; g < pairs.length; g++) {
+      assert.equal(values[2 * g], bf16Bits(w[g * 4 + pairs[g][0]]));
+      assert.equal(values[2 * g + 1], bf16Bits(w[g * 4 + pairs[g][1]]));
+    }
+    // metadata: per 16 columns of a row, four 4-bit groups (first index in the low 2 bits), reordered.
+    const plain = new Uint16Array(rows * (cols / 16));
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols / 16; c++) {
+        let word = 0;
+        for (let q = 0; q < 4; q++) {
+          const [i0, i1] = pairs[(r * cols) / 4 + c * 4 + q];
+          word |= (i0 | (i1 << 2)) << (4 * q);
+        }
+        plain[r * (cols / 16) + c] = word;
+      }
+    const off = cutlassGatherOffsets(rows, cols);
+    const want = Array.from(off, (o) => plain[o]);
+    assert.deepEqual(Array.from(meta), want, `CUTLASS metadata order for ${rows}x${cols}`);
+  }
+  // Hand-worked: in the first 128 bytes, 32-bit word 4g+q (lane 4g+q of mma.sp.m16n8k32) holds
+  // rows (g, g+8) for q = 0/1 (columns 0–15 / 16–31) and rows (g+16, g+24) for q = 2/3.
+  const rows = 32, cols = 64;
+  const w = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++)
+    for (let g = 0; g < cols / 4; g++) {
+      // group g of row r keeps positions (0, 1 + (r + g) % 3): a pattern that tells rows and groups apart
+      w[r * cols + g * 4] = 1;
+      w[r * cols + g * 4 + 1 + ((r + g) % 3)] = 1;
+    }
+  const { meta } = cuda.packCutlass24({ data: w, shape: [rows, cols] });
+  const word = (r: number, c: number) => {
+    let v = 0;
+    for (let q = 0; q < 4; q++) v |= (0 | ((1 + ((r + c * 4 + q) % 3)) << 2)) << (4 * q);
+    return v;
+  };
+  for (let g = 0; g < 8; g++) {
+    assert.equal(meta[2 * (4 * g) + 0], word(g, 0), `lane ${4 * g} low half: row ${g}, columns 0–15`);
+    assert.equal(meta[2 * (4 * g) + 1], word(g + 8, 0), `lane ${4 * g} high half: row ${g + 8}`);
+    assert.equal(meta[2 * (4 * g + 1)], word(g, 1), `lane ${4 * g + 1}: row ${g}, columns 16–31`);
+    assert.equal(meta[2 * (4 * g + 2) + 1], word(g + 24, 0), `lane ${4 * g + 2} high half: row ${g + 24}`);
+    assert.equal(meta[2 * (4 * g + 3)], word(g + 16, 1), `lane ${4 * g + 3} low half: row ${g + 16}, columns 16–31`);
+  }
+  // The next 32 columns of the same rows follow all rows' first 32 columns (column-major by 32-column slices).
+  assert.equal(meta[2 * rows], word(0, 2));
+  assert.throws(() => cuda.packCutlass24({ data: new Float32Array(32 * 64).fill(1), shape: [32, 64] }), /not 2:4 sparse: row 0, group 0/);
+  assert.throws(() => cuda.packCutlass24({ data: new Float32Array(16 * 64), shape: [16, 64] }), /out % 32 == 0 and in % 64 == 0/);
+});
+
+function bf16Round(x: number): number {
+  return roundBf16(Float32Array.of(x))[0];
+}
+
 cudaTest('nmLinear 2:4 bf16 on sparse tensor cores (CUTLASS layout) matches the CPU linear on the dense matrix', async () => {
   const rng = new Rng(90);
   for (const [i, [m, n, k]] of ([[1, 32, 64], [16, 64, 128], [37, 96, 192], [130, 128, 256], [300, 256, 512]] as const).entries()) {
