@@ -476,6 +476,32 @@ Napi::Value CudaZeros(const Napi::CallbackInfo& info) {
   return wrap_buffer(env, std::move(b));
 }
 
+// cudaRandom(shape, options?: { dtype, seed, scale, stream }): uniform in [−scale, scale), made on the device.
+Napi::Value CudaRandom(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string fn = "cuda.random";
+  const CudaApi& api = require_cuda(env, fn);
+  std::vector<int64_t> shape = get_shape(env, fn, "shape", info[0]);
+  Napi::Value opts = info.Length() > 1 ? info[1] : env.Undefined();
+  sk_dtype dt = get_dtype(env, fn, "options.dtype", get_option(env, fn, opts, "dtype"), SK_F32);
+  double seed = 1, scale = 1;
+  Napi::Value sv = get_option(env, fn, opts, "seed"), cv = get_option(env, fn, opts, "scale");
+  if (!is_absent(sv)) {
+    if (!sv.IsNumber()) throw_type(env, fn, "options.seed must be a number");
+    seed = sv.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(seed) || seed < 0 || std::floor(seed) != seed) throw_range(env, fn, "options.seed must be a non-negative integer");
+  }
+  if (!is_absent(cv)) {
+    if (!cv.IsNumber()) throw_type(env, fn, "options.scale must be a number");
+    scale = cv.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(scale)) throw_range(env, fn, "options.scale must be finite");
+  }
+  StreamPtr s = get_stream(env, fn, opts);
+  BufPtr b = alloc(env, fn, dt, shape, s);
+  check_cuda(env, fn, api.fill_random(b->ptr, dt, b->count, static_cast<uint64_t>(seed), static_cast<float>(scale), s->s));
+  return wrap_buffer(env, std::move(b));
+}
+
 // cudaToHost(x, async, options?: { raw }) → { data, shape }: f32 and bf16 as a
 // Float32Array (raw: bf16 as its Uint16Array bits), i32 as an Int32Array.
 Napi::Value ToHostImpl(const Napi::CallbackInfo& info, bool async) {
@@ -1349,6 +1375,7 @@ void RegisterCuda(Napi::Env env, Napi::Object exports) {
       {"cudaSynchronizeAsync", CudaSynchronizeAsync},
       {"cudaToDevice", CudaToDevice},
       {"cudaZeros", CudaZeros},
+      {"cudaRandom", CudaRandom},
       {"cudaToHost", CudaToHost},
       {"cudaToHostAsync", CudaToHostAsync},
       {"cudaDispose", CudaDispose},

@@ -401,6 +401,16 @@ export const cuda = {
     return new DeviceTensor(native.cudaZeros(shape, dtype, nativeOpts('cuda.zeros', options)));
   },
 
+  /**
+   * A tensor of uniform values in `[−scale, scale)` made on the device (no
+   * host upload): the same seed gives the same values on every GPU. For
+   * benchmarks, tests and initialisation.
+   */
+  random(shape: readonly number[], options?: { dtype?: 'f32' | 'bf16'; seed?: number; scale?: number } & StreamOption): DeviceTensor {
+    requireCuda('cuda.random');
+    return new DeviceTensor(native.cudaRandom(shape, nativeOpts('cuda.random', options)));
+  },
+
   /** `y = act(x·Wᵀ + bias)` for `x: [tokens, in]`, `W: [out, in]` (same dtype). Enqueued; returns at once. */
   linear(x: DeviceTensor, W: DeviceTensor, options?: CudaLinearOptions): DeviceTensor {
     const fn = 'cuda.linear';

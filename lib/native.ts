@@ -118,6 +118,7 @@ export interface NativeCudaBinding {
   cudaSynchronizeAsync(stream?: NativeCudaStream): Promise<void>;
   cudaToDevice(x: { data: Float32Array | Uint16Array | Int32Array; shape: readonly number[] }, options?: Opts): NativeDeviceBuffer;
   cudaZeros(shape: readonly number[], dtype: string, options?: Opts): NativeDeviceBuffer;
+  cudaRandom(shape: readonly number[], options?: Opts): NativeDeviceBuffer;
   cudaToHost(x: NativeDeviceBuffer, options?: Opts): { data: Float32Array | Int32Array | Uint16Array; shape: number[] };
   cudaToHostAsync(x: NativeDeviceBuffer, options?: Opts): Promise<{ data: Float32Array | Int32Array | Uint16Array; shape: number[] }>;
   cudaDispose(x: object): void;

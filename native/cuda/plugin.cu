@@ -77,6 +77,29 @@ __global__ void convert_kernel(void* dst, int dst_dt, const void* src, int src_d
 
 size_t dtype_size(sk_dtype d) { return d == SK_BF16 ? 2 : 4; }
 
+// Counter-based: "lowbias32" (Chris Wellons' hash prospector) of the index
+// mixed with the seed, so any element can be computed on its own.
+__device__ __forceinline__ uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+__global__ void fill_random_kernel(void* dst, int dt, int64_t n, uint64_t seed, float scale) {
+  const uint32_t k0 = mix32(static_cast<uint32_t>(seed) ^ 0x9e3779b9u), k1 = mix32(static_cast<uint32_t>(seed >> 32) + k0);
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ k0) ^ (static_cast<uint32_t>(i >> 32) + k1));
+    const float v = (static_cast<float>(h >> 8) * (1.0f / 8388608.0f) - 1.0f) * scale;
+    if (dt == SK_F32)
+      static_cast<float*>(dst)[i] = v;
+    else
+      static_cast<bf16*>(dst)[i] = __float2bfloat16_rn(v);
+  }
+}
+
 }  // namespace
 }  // namespace skc
 
@@ -238,6 +261,15 @@ SK_CUDA_API int sk_cuda_convert(void* dst, sk_dtype dst_dt, const void* src, sk_
   if (blocks > 65535 * 8) blocks = 65535 * 8;
   convert_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream_of(s)>>>(dst, dst_dt, src, src_dt, n);
   return check_launch("convert_kernel");
+}
+
+SK_CUDA_API int sk_cuda_fill_random(void* dst, sk_dtype dt, int64_t n, uint64_t seed, float scale, sk_cuda_stream s) {
+  if (n < 0 || (dt != SK_F32 && dt != SK_BF16)) return fail(SK_CUDA_EINVAL, "sk_cuda_fill_random: bad length or dtype");
+  if (n == 0) return SK_CUDA_OK;
+  int64_t blocks = ceil_div(n, 256);
+  if (blocks > 65535 * 8) blocks = 65535 * 8;
+  fill_random_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream_of(s)>>>(dst, dt, n, seed, scale);
+  return check_launch("fill_random_kernel");
 }
 
 }  // extern "C"

@@ -108,6 +108,11 @@ SK_CUDA_API int sk_cuda_memset(void* d_dst, int byte, size_t bytes, sk_cuda_stre
 SK_CUDA_API int sk_cuda_convert(void* d_dst, sk_dtype dst_dtype, const void* d_src, sk_dtype src_dtype, int64_t n,
                                 sk_cuda_stream s);
 
+/* dst[i] = scale · u_i with u_i uniform in [−1, 1), a pure function of (seed, i): device-side
+ * data for benchmarks and tests without a host upload. f32 or bf16. */
+SK_CUDA_API int sk_cuda_fill_random(void* d_dst, sk_dtype dtype, int64_t n, uint64_t seed, float scale,
+                                    sk_cuda_stream s);
+
 /* ---- dense ------------------------------------------------------------------ */
 
 /* y[m, n] = act(x[m, k] · w[n, k]ᵀ + bias[n]). */

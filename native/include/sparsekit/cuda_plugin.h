@@ -28,6 +28,7 @@ struct CudaApi {
   int (*memcpy_d2d)(void*, const void*, size_t, sk_cuda_stream);
   int (*memset)(void*, int, size_t, sk_cuda_stream);
   int (*convert)(void*, sk_dtype, const void*, sk_dtype, int64_t, sk_cuda_stream);
+  int (*fill_random)(void*, sk_dtype, int64_t, uint64_t, float, sk_cuda_stream);
   int (*linear)(sk_dtype, const void*, const void*, const float*, void*, sk_dtype, int64_t, int64_t, int64_t, int,
                 sk_cuda_stream);
   int (*grouped_linear)(sk_dtype, const void*, const int32_t*, int64_t, const void*, const void*, const float*, void*,

@@ -92,6 +92,7 @@ bool resolve_api(void* lib, CudaApi* a, std::string* missing) {
   ok &= resolve(lib, "sk_cuda_memcpy_d2d", &a->memcpy_d2d, missing);
   ok &= resolve(lib, "sk_cuda_memset", &a->memset, missing);
   ok &= resolve(lib, "sk_cuda_convert", &a->convert, missing);
+  ok &= resolve(lib, "sk_cuda_fill_random", &a->fill_random, missing);
   ok &= resolve(lib, "sk_cuda_linear", &a->linear, missing);
   ok &= resolve(lib, "sk_cuda_grouped_linear", &a->grouped_linear, missing);
   ok &= resolve(lib, "sk_cuda_permute", &a->permute, missing);
