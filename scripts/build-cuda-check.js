@@ -8,12 +8,17 @@
 //   2. it exports only the sk_cuda_* interface and needs no CUDA library at
 //      run time (the runtime is linked statically): only the driver, loaded
 //      lazily by the runtime;
-//   3. the addon opens it (SPARSEKIT_CUDA_PLUGIN), its ABI version matches,
+//   3. every tensor-core kernel contains its tensor-core instructions (HMMA,
+//      sparse HMMA for 2:4, HGMMA for sm_90a) and no CUDA-core kernel any
+//      (scripts/sass-scan.js --check);
+//   4. the addon opens it (SPARSEKIT_CUDA_PLUGIN), its ABI version matches,
 //      and it reports its state (no driver / no GPU here; available on a GPU
 //      machine) instead of crashing.
 //
 // Where no nvcc is found it says so and exits 0, unless SPARSEKIT_REQUIRE_CUDA=1
-// (CI) makes that an error. Options: --jobs N, --clean.
+// (CI) makes that an error. Options: --jobs N, --clean, --fast (portable
+// kernels for sm_80 only, about half the compile time; the sm_90a kernels are
+// still built).
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -52,6 +57,30 @@ function findNvcc() {
   return null;
 }
 
+// ptxas's report per kernel, kept across incremental builds: entries of the
+// translation units rebuilt now replace their old ones, the others stay.
+function mergePtxasLog(file, log) {
+  const blocks = (text) => {
+    const m = new Map();
+    let key = null;
+    for (const line of text.split('\n')) {
+      const e = /^ptxas info\s+: (?:Compiling entry function|Function properties for) '?([^' ]+)'?(?: for '(\w+)')?/.exec(line);
+      if (/Compiling entry function/.test(line) && e) {
+        key = `${e[2]} ${e[1]}`;
+        m.set(key, [line]);
+      } else if (key && (/^ptxas info/.test(line) || /bytes stack frame/.test(line))) {
+        m.get(key).push(line);
+      } else {
+        key = null;
+      }
+    }
+    return m;
+  };
+  const merged = fs.existsSync(file) ? blocks(fs.readFileSync(file, 'utf8')) : new Map();
+  for (const [k, v] of blocks(log)) merged.set(k, v);
+  if (merged.size) fs.writeFileSync(file, [...merged.values()].map((b) => b.join('\n')).join('\n') + '\n');
+}
+
 const nvcc = findNvcc();
 if (!nvcc) {
   const msg = 'nvcc not found (PATH, CUDACXX, /usr/local/cuda/bin): the CUDA plugin is not built here';
@@ -64,13 +93,14 @@ console.log(capture(nvcc, ['--version']).out.trim().split('\n').pop());
 
 // 1. Build (verbose ptxas, so registers and spills are on record).
 if (argv.includes('--clean')) fs.rmSync(buildDir, { recursive: true, force: true });
-const configure = ['-S', path.join(root, 'native', 'cuda'), '-B', buildDir, `-DCMAKE_CUDA_COMPILER=${nvcc}`, '-DSPARSEKIT_CUDA_VERBOSE=ON'];
+const archs = argv.includes('--fast') ? '80-real' : '80-real;90-real;90-virtual';
+const configure = ['-S', path.join(root, 'native', 'cuda'), '-B', buildDir, `-DCMAKE_CUDA_COMPILER=${nvcc}`, '-DSPARSEKIT_CUDA_VERBOSE=ON', `-DSPARSEKIT_CUDA_ARCHS=${archs}`];
 if (!fs.existsSync(path.join(buildDir, 'CMakeCache.txt')) && has('ninja')) configure.push('-G', 'Ninja');
 if (!run('cmake', configure)) fail('cmake configure of build-cuda/');
 const t0 = Date.now();
 const build = spawnSync('cmake', ['--build', buildDir, '--parallel', String(jobs)], { cwd: root, encoding: 'utf8', maxBuffer: 512 << 20 });
 const log = (build.stdout || '') + (build.stderr || '');
-if (log.trim()) fs.writeFileSync(path.join(buildDir, 'ptxas.log'), log);
+mergePtxasLog(path.join(buildDir, 'ptxas.log'), log);
 if (build.status !== 0) {
   process.stdout.write(log.split('\n').filter((l) => !l.startsWith('ptxas info') && !/bytes stack frame/.test(l)).join('\n'));
   fail('nvcc build of the plugin');
@@ -107,7 +137,16 @@ if (has('ldd', ['--version'])) {
   console.log('build-cuda-check: no CUDA library among its dynamic dependencies (static runtime; libcuda is opened by the runtime)');
 }
 
-// 3. The addon loads it and reports its state.
+// 3. Tensor-core instructions where they belong.
+{
+  const r = capture(process.execPath, [path.join(__dirname, 'sass-scan.js'), lib, '--check']);
+  const lines = r.out.trim().split('\n');
+  console.log(lines[0]);
+  console.log(lines[lines.length - 1]);
+  if (!r.ok) fail(`machine-code check:\n${lines.filter((l) => /problem|  \S/.test(l)).join('\n')}`);
+}
+
+// 4. The addon loads it and reports its state.
 const addonBuilt = fs.existsSync(path.join(root, 'build', 'Release', 'sparsekit.node')) || fs.existsSync(path.join(root, 'prebuilds'));
 if (!addonBuilt) {
   console.log('build-cuda-check: the addon is not built (npm run build:native): load check skipped');

@@ -10,7 +10,8 @@
 // and the instruction classes are learned by difference: the 12-bit opcode
 // field that appears exactly once in the mma probes and never in the plain
 // one is HMMA; the bits a sparse HMMA sets on top of a dense one mark HMMA.SP;
-// the opcode that appears three times with three wgmma is HGMMA. The encodings
+// the opcode that appears three times with three wgmma and five times with five
+// is HGMMA. The encodings
 // learned (and checked against the values seen with CUDA 13.0: HMMA 0x23c,
 // HGMMA 0x9f0) are printed. Where cuobjdump exists (the GPU machine),
 // bench/gpu-check.sh also greps its --dump-sass output.
@@ -56,7 +57,7 @@ function elfSections(buf, base) {
 /** Every CUDA cubin (ELF, e_machine 190) inside `buf`: { sm, kernels: [{ name, insts: [lo, hi][] }] }. */
 function cubins(buf) {
   const out = [];
-  for (let i = buf.indexOf('\x7fELF', 1, 'latin1'); i > 0; i = buf.indexOf('\x7fELF', i + 4, 'latin1')) {
+  for (let i = buf.indexOf('\x7fELF', 0, 'latin1'); i >= 0; i = buf.indexOf('\x7fELF', i + 4, 'latin1')) {
     if (buf.readUInt16LE(i + 18) !== 190) continue;
     const flags = buf.readUInt32LE(i + 0x30);
     const sm = (flags >> 8) & 0xff;
@@ -83,6 +84,11 @@ __global__ void probe(const uint32_t* a, float* d) {
 #if MODE == 1
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(x), "r"(y), "r"(z), "r"(w), "r"(x), "r"(y));
+#elif MODE == 4
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(x), "r"(y), "r"(z), "r"(w), "r"(x), "r"(y));
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+    : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(w), "r"(z), "r"(y), "r"(x), "r"(z), "r"(w));
 #elif MODE == 2
   asm volatile("mma.sp::ordered_metadata.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9,%10,%11}, {%0,%1,%2,%3}, %12, 0;"
     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(x), "r"(y), "r"(z), "r"(w), "r"(x), "r"(y), "r"(z), "r"(w), "r"(x));
@@ -91,7 +97,8 @@ __global__ void probe(const uint32_t* a, float* d) {
   for (int i = 0; i < 64; ++i) e[i] = c[i & 3] + (float)x;
   uint64_t da = ((uint64_t)y << 32) | x, db = ((uint64_t)w << 32) | z;
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-  for (int r = 0; r < 3; ++r)
+#pragma unroll
+  for (int r = 0; r < NW; ++r)
     asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
       "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
       "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"
@@ -118,11 +125,11 @@ function findNvcc() {
   return null;
 }
 
-function probeKernel(nvcc, dir, mode, target) {
+function probeKernel(nvcc, dir, mode, target, nw = 3) {
   const src = path.join(dir, 'probe.cu');
   fs.writeFileSync(src, PROBE);
-  const out = path.join(dir, `probe_${mode}_${target}.cubin`);
-  const r = spawnSync(nvcc, ['-cubin', `-gencode=arch=compute_${target},code=sm_${target}`, `-DMODE=${mode}`, '-w', '-o', out, src], { encoding: 'utf8' });
+  const out = path.join(dir, `probe_${mode}_${nw}_${target}.cubin`);
+  const r = spawnSync(nvcc, ['-cubin', `-gencode=arch=compute_${target},code=sm_${target}`, `-DMODE=${mode}`, `-DNW=${nw}`, '-w', '-o', out, src], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`probe compile failed (mode ${mode}, ${target}): ${r.stderr}`);
   return cubins(fs.readFileSync(out))[0].kernels[0].insts;
 }
@@ -141,19 +148,21 @@ function calibrate() {
   try {
     const base = histogram(probeKernel(nvcc, dir, 0, '80'));
     const dense = probeKernel(nvcc, dir, 1, '80');
+    const dense2 = histogram(probeKernel(nvcc, dir, 4, '80'));
     const sparse = probeKernel(nvcc, dir, 2, '80');
-    const onlyOnce = (insts) => [...histogram(insts)].filter(([op, n]) => n === 1 && !base.has(op)).map(([op]) => op);
-    const a = onlyOnce(dense), b = onlyOnce(sparse);
-    const common = a.filter((op) => b.includes(op));
-    if (common.length !== 1) throw new Error(`could not single out HMMA: candidates ${a.map((x) => x.toString(16))} / ${b.map((x) => x.toString(16))}`);
-    const hmma = common[0];
+    // once with one mma, twice with two, never without, once in the sparse probe
+    const h1 = histogram(dense), hs = histogram(sparse);
+    const cands = [...h1].filter(([op, n]) => n === 1 && dense2.get(op) === 2 && !base.has(op) && hs.get(op) === 1).map(([op]) => op);
+    if (cands.length !== 1) throw new Error(`could not single out HMMA: candidates ${cands.map((x) => x.toString(16))}`);
+    const hmma = cands[0];
     const dh = dense.find(([lo]) => opcode(lo) === hmma)[1];
     const sh = sparse.find(([lo]) => opcode(lo) === hmma)[1];
     const spMask = sh & ~dh;
     if (spMask === 0n) throw new Error('the sparse HMMA sets no bit the dense one does not');
     const wbase = histogram(probeKernel(nvcc, dir, 0, '90a'));
-    const wg = histogram(probeKernel(nvcc, dir, 3, '90a'));
-    const thrice = [...wg].filter(([op, n]) => n === 3 && !wbase.has(op)).map(([op]) => op);
+    const wg3 = histogram(probeKernel(nvcc, dir, 3, '90a', 3));
+    const wg5 = histogram(probeKernel(nvcc, dir, 3, '90a', 5));
+    const thrice = [...wg3].filter(([op, n]) => n === 3 && wg5.get(op) === 5 && !wbase.has(op)).map(([op]) => op);
     if (thrice.length !== 1) throw new Error(`could not single out HGMMA: candidates ${thrice.map((x) => x.toString(16))}`);
     return { hmma, spMask, hgmma: thrice[0], nvcc };
   } finally {
@@ -194,6 +203,7 @@ function shortName(d) {
   return d
     .replace(/skc::\(anonymous namespace\)::/g, '')
     .replace(/skc::/g, '')
+    .replace(/^void\s*/, '')
     .replace(/__nv_bfloat16/g, 'bf16')
     .replace(/\((.*)\)$/, '')
     .replace(/(Mma|Simt|Sp|Wg)Cfg<([^>]*)>/g, (_, k, a) => `${k}<${a.replace(/\s/g, '').replace(/,(false|true)$/, (x, g) => (g === 'true' ? ',gated' : ''))}>`)
