@@ -8,6 +8,26 @@ import { native, type IsaName, type RawInfo } from './native';
 
 export { linear, linearAsync, prepackLinear } from './dense';
 export type { LinearOptions, ActivationName, PackedLinear } from './dense';
+export {
+  route,
+  routeAsync,
+  routeBackward,
+  routeBackwardAsync,
+  updateSelectionBias,
+  routingPresets,
+  DEEPSEEK_V3_BIAS_UPDATE_SPEED,
+} from './routing';
+export type {
+  RouteOptions,
+  RouteAuxOptions,
+  RouteLoss,
+  RoutingPlan,
+  RouteMode,
+  RouteScore,
+  GroupScore,
+  DropPolicy,
+  RoutingPresetName,
+} from './routing';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';

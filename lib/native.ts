@@ -8,6 +8,7 @@
  */
 import * as path from 'node:path';
 import type { Float32Tensor } from './tensor';
+import type { RouteOptions, RoutingPlan } from './routing';
 
 export type ActivationName = 'none' | 'relu' | 'gelu' | 'gelu_tanh' | 'silu';
 export type IsaName = 'scalar' | 'avx2' | 'avx512' | 'neon';
@@ -37,7 +38,7 @@ export interface RawInfo {
   supportedIsas: IsaName[];
   compiledIsas: IsaName[];
   threads: number;
-  kernels: { dense: string };
+  kernels: { dense: string; routing?: string };
   cpu: Record<string, boolean>;
 }
 
@@ -49,6 +50,21 @@ export interface NativeBinding {
   prepackLinear(w: Float32Tensor): PackedLinear;
   linear(x: Float32Tensor, w: Float32Tensor | PackedLinear, options?: NativeLinearOptions): Float32Tensor;
   linearAsync(x: Float32Tensor, w: Float32Tensor | PackedLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
+  route(logits: Float32Tensor, options?: RouteOptions): RoutingPlan;
+  routeAsync(logits: Float32Tensor, options?: RouteOptions): Promise<RoutingPlan>;
+  routeBackward(
+    logits: Float32Tensor,
+    plan: Pick<RoutingPlan, 'expertIds' | 'k'>,
+    gradWeights: Float32Array,
+    options?: RouteOptions,
+  ): Float32Tensor;
+  routeBackwardAsync(
+    logits: Float32Tensor,
+    plan: Pick<RoutingPlan, 'expertIds' | 'k'>,
+    gradWeights: Float32Array,
+    options?: RouteOptions,
+  ): Promise<Float32Tensor>;
+  updateSelectionBias(bias: Float32Array | Float32Tensor, tokensPerExpert: Int32Array, gamma: number): Float32Array;
 }
 
 function load(): NativeBinding {
