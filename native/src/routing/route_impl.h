@@ -95,10 +95,28 @@ struct RouteImpl {
     return s;
   }
 
+  // Σ x accumulated in float64, rounded once: the same float for any order of
+  // the same values (to within a double rounding), so two tokens whose logits
+  // are permutations of each other get bitwise equal softmax scores. Expert
+  // choice and score-based dropping compare scores across tokens.
+  static SK_INLINE float row_sum_exact(const float* __restrict x, int64_t n) {
+    double acc[L];
+    for (int l = 0; l < L; ++l) acc[l] = 0.0;
+    int64_t i = 0;
+    for (; i + L <= n; i += L) {
+#pragma GCC unroll 16
+      for (int l = 0; l < L; ++l) acc[l] += static_cast<double>(x[i + l]);
+    }
+    double s = 0.0;
+    for (int l = 0; l < L; ++l) s += acc[l];
+    for (; i < n; ++i) s += static_cast<double>(x[i]);
+    return static_cast<float>(s);
+  }
+
   // out = exp(x − shift); returns Σ out.
   static SK_INLINE float row_exp(const float* __restrict x, int64_t n, float shift, float* __restrict out) {
     for (int64_t i = 0; i < n; ++i) out[i] = sk_exp(x[i] - shift);
-    return row_sum(out, n);
+    return row_sum_exact(out, n);
   }
 
   static SK_INLINE void row_sigmoid(const float* __restrict x, int64_t n, float* __restrict out) {
@@ -268,11 +286,11 @@ struct RouteImpl {
     for (int64_t g = 0; g < G; ++g) {
       const uint64_t* gk = keys + g * gs;
       if (o.group_score == GroupScore::kMax) {
-        // The group's best key orders groups by their best score, then by
-        // the lower expert index, which is the lower group index.
+        // The group's best score (the high half of its best key), ties to
+        // the lower group.
         uint64_t best = gk[0];
         for (int64_t i = 1; i < gs; ++i) best = gk[i] > best ? gk[i] : best;
-        s.gkeys[g] = best;
+        s.gkeys[g] = (best & 0xffffffff00000000ull) | static_cast<uint64_t>(0xffffffffu - static_cast<uint32_t>(g));
       } else {
         // Sum of the two best scores (DeepSeek-V3), ties to the lower group.
         const float* gv = sel + g * gs;
