@@ -23,6 +23,26 @@ export {
   expertsForwardAsync,
 } from './experts';
 export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
+export {
+  route,
+  routeAsync,
+  routeBackward,
+  routeBackwardAsync,
+  updateSelectionBias,
+  routingPresets,
+  DEEPSEEK_V3_BIAS_UPDATE_SPEED,
+} from './routing';
+export type {
+  RouteOptions,
+  RouteAuxOptions,
+  RouteLoss,
+  RoutingPlan,
+  RouteMode,
+  RouteScore,
+  GroupScore,
+  DropPolicy,
+  RoutingPresetName,
+} from './routing';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';
