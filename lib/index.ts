@@ -90,3 +90,6 @@ export function setIsa(isa: IsaName): void {
 
 export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MAX_HEADER_BYTES } from './safetensors';
 export type { TensorInfo, TensorToSave } from './safetensors';
+
+export { MoELayer, moePresets } from './moe';
+export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult } from './moe';
