@@ -92,4 +92,4 @@ export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MA
 export type { TensorInfo, TensorToSave } from './safetensors';
 
 export { MoELayer, moePresets } from './moe';
-export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult } from './moe';
+export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';

@@ -26,6 +26,26 @@ import {
 import { route, routeAsync, routingPresets, type RouteOptions, type RoutingPlan, type RoutingPresetName } from './routing';
 import type { Float32Tensor } from './tensor';
 
+/** Anything that serves named tensors: a SafetensorsFile, or several (sharded checkpoints). */
+export interface TensorSource {
+  has(name: string): boolean;
+  get(name: string): Float32Tensor;
+}
+
+export type CheckpointScheme = 'mixtral' | 'qwen' | 'deepseek';
+
+export interface FromCheckpointOptions {
+  /** Architecture preset; its checkpoint naming scheme follows (mixtral → Mixtral names, qwen*-moe → Qwen, deepseek-* → DeepSeek). */
+  preset: MoEPresetName;
+  /** Decoder layer index L in `model.layers.{L}.…`. */
+  layer: number;
+  /** Name prefix before `layers.{L}` (default `model.`). */
+  prefix?: string;
+  /** Router overrides and training mode, as in MoEConfig. */
+  router?: RouteOptions;
+  training?: boolean;
+}
+
 export type MoEPresetName =
   | 'switch'
   | 'gshard'
@@ -326,6 +346,87 @@ export class MoELayer {
   /** The dense weights this layer was built from (checkpoint layout). */
   get denseWeights(): Readonly<MoEWeights> {
     return this.weights;
+  }
+
+  /**
+   * Builds a layer from a real checkpoint's tensors (names as Hugging Face
+   * models store them; dims are read from the shapes):
+   * - Mixtral: `{p}layers.{L}.block_sparse_moe.gate.weight`, `….experts.{e}.w1/w2/w3.weight`;
+   * - Qwen2-MoE / Qwen3-MoE: `{p}layers.{L}.mlp.gate.weight`, `….experts.{e}.gate_proj/up_proj/down_proj.weight`,
+   *   `….shared_expert.*` and `….shared_expert_gate.weight` (Qwen2);
+   * - DeepSeek-V2/V3: `{p}layers.{L}.mlp.gate.weight`, `….gate.e_score_correction_bias` (V3),
+   *   `….experts.{e}.*_proj.weight`, `….shared_experts.*_proj.weight`.
+   * A missing or misshaped tensor is a RangeError naming it.
+   */
+  static fromCheckpoint(source: TensorSource | TensorSource[], options: FromCheckpointOptions): MoELayer {
+    const sources = Array.isArray(source) ? source : [source];
+    if (sources.length === 0 || !sources.every((s) => s && typeof s.has === 'function' && typeof s.get === 'function'))
+      throw new TypeError('MoELayer.fromCheckpoint: source must be a SafetensorsFile (or an array of them)');
+    const { preset, layer } = options;
+    const arch = moePresets[preset];
+    if (!arch) err(`fromCheckpoint: unknown preset '${String(preset)}'`);
+    if (!Number.isInteger(layer) || layer < 0) err(`fromCheckpoint: layer must be a non-negative integer, got ${layer}`);
+    const scheme: CheckpointScheme | undefined = preset === 'mixtral' ? 'mixtral' : preset.startsWith('qwen') ? 'qwen' : preset.startsWith('deepseek') ? 'deepseek' : undefined;
+    if (!scheme) err(`fromCheckpoint: preset '${preset}' has no checkpoint naming scheme (mixtral, qwen2-moe, qwen3-moe, deepseek-v2, deepseek-v3)`);
+    const base = `${options.prefix ?? 'model.'}layers.${layer}.${scheme === 'mixtral' ? 'block_sparse_moe' : 'mlp'}.`;
+    const has = (n: string) => sources.some((s) => s.has(n));
+    const get = (n: string): Float32Tensor => {
+      const s = sources.find((src) => src.has(n));
+      if (!s) err(`fromCheckpoint: tensor '${n}' is missing from the checkpoint`);
+      return s.get(n);
+    };
+    const router = get(base + 'gate.weight');
+    if (router.shape.length !== 2) err(`fromCheckpoint: tensor '${base}gate.weight' must be [experts, d], got [${router.shape.join(', ')}]`);
+    const [E, d] = router.shape;
+    const names = scheme === 'mixtral' ? { gate: 'w1', up: 'w3', down: 'w2' } : { gate: 'gate_proj', up: 'up_proj', down: 'down_proj' };
+    const expertName = (e: number, m: string) => `${base}experts.${e}.${m}.weight`;
+    const first = get(expertName(0, names.gate));
+    const f = first.shape[0];
+    const stack = (m: string, rows: number, cols: number): Float32Tensor => {
+      const out = new Float32Array(E * rows * cols);
+      for (let e = 0; e < E; e++) {
+        const n = expertName(e, m);
+        const t = e === 0 && m === names.gate ? first : get(n);
+        if (t.shape.length !== 2 || t.shape[0] !== rows || t.shape[1] !== cols)
+          err(`fromCheckpoint: tensor '${n}' has shape [${t.shape.join(', ')}], expected [${rows}, ${cols}]`);
+        out.set(t.data, e * rows * cols);
+      }
+      return { data: out, shape: [E, rows, cols] };
+    };
+    const weights: MoEWeights = {
+      router,
+      gate: stack(names.gate, f, d),
+      up: stack(names.up, f, d),
+      down: stack(names.down, d, f),
+    };
+    let sharedDFF: number | undefined;
+    let architecture: MoEArchitecture = { ...arch };
+    const sharedBase = scheme === 'qwen' ? `${base}shared_expert.` : `${base}shared_experts.`;
+    if (scheme !== 'mixtral' && has(sharedBase + 'gate_proj.weight')) {
+      const g = get(sharedBase + 'gate_proj.weight');
+      sharedDFF = g.shape[0];
+      const expect = (n: string, shape: number[]) => {
+        const t = get(sharedBase + n);
+        if (t.shape.length !== 2 || t.shape[0] !== shape[0] || t.shape[1] !== shape[1])
+          err(`fromCheckpoint: tensor '${sharedBase + n}' has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}]`);
+        return t;
+      };
+      weights.shared = { gate: expect('gate_proj.weight', [sharedDFF, d]), up: expect('up_proj.weight', [sharedDFF, d]), down: expect('down_proj.weight', [d, sharedDFF]) };
+      architecture = { ...architecture, sharedExperts: Math.max(1, Math.round(sharedDFF / f)) };
+      if (scheme === 'qwen' && has(`${base}shared_expert_gate.weight`)) {
+        weights.sharedGate = get(`${base}shared_expert_gate.weight`);
+        architecture.sharedExpertGate = true;
+      } else {
+        architecture.sharedExpertGate = false;
+      }
+    } else {
+      architecture = { ...architecture, sharedExperts: 0, sharedExpertGate: false };
+    }
+    if (has(`${base}gate.e_score_correction_bias`)) weights.routerBias = get(`${base}gate.e_score_correction_bias`).data;
+    return new MoELayer(
+      { dModel: d, dFF: f, numExperts: E, architecture, sharedDFF, router: options.router, training: options.training },
+      weights,
+    );
   }
 
   /** Per-expert view of a `[E, rows, cols]` stack, for tests and tools. */

@@ -117,3 +117,73 @@ test('MoELayer: bad configs and inputs give named errors', () => {
   assert.throws(() => new MoELayer({ ...base, architecture: 'qwen2-moe', router: { k: 2 } }, good), /shared expert\(s\): weights 'shared'/);
   assert.throws(() => new MoELayer(base, { ...good, routerBias: new Float32Array(3) }), /routerBias' must be a Float32Array of 2 values/);
 });
+
+// ---- checkpoints -------------------------------------------------------------
+import { loadSafetensors, saveSafetensors, type TensorToSave } from '../lib/index';
+
+function expertSlices(t: { data: Float32Array; shape: readonly number[] }) {
+  const [E, r, c] = t.shape;
+  return Array.from({ length: E }, (_, e) => ({ shape: [r, c], data: t.data.slice(e * r * c, (e + 1) * r * c) }));
+}
+
+function checkpointFor(preset: 'mixtral' | 'qwen2-moe' | 'qwen3-moe' | 'deepseek-v2' | 'deepseek-v3', L: number, seed: number) {
+  const { layer } = build(preset, seed);
+  const w = layer.denseWeights;
+  const tensors: Record<string, TensorToSave> = {};
+  const mix = preset === 'mixtral';
+  const base = `model.layers.${L}.${mix ? 'block_sparse_moe' : 'mlp'}.`;
+  const n = mix ? { gate: 'w1', up: 'w3', down: 'w2' } : { gate: 'gate_proj', up: 'up_proj', down: 'down_proj' };
+  tensors[base + 'gate.weight'] = { shape: w.router.shape, data: w.router.data };
+  for (const [key, m] of [['gate', n.gate], ['up', n.up], ['down', n.down]] as const)
+    expertSlices(w[key]!).forEach((t, e) => (tensors[`${base}experts.${e}.${m}.weight`] = t));
+  if (w.shared) {
+    const sb = preset.startsWith('qwen') ? `${base}shared_expert.` : `${base}shared_experts.`;
+    tensors[sb + 'gate_proj.weight'] = { shape: w.shared.gate.shape, data: w.shared.gate.data };
+    tensors[sb + 'up_proj.weight'] = { shape: w.shared.up.shape, data: w.shared.up.data };
+    tensors[sb + 'down_proj.weight'] = { shape: w.shared.down.shape, data: w.shared.down.data };
+  }
+  if (w.sharedGate) tensors[`${base}shared_expert_gate.weight`] = { shape: w.sharedGate.shape, data: w.sharedGate.data };
+  if (w.routerBias) tensors[`${base}gate.e_score_correction_bias`] = { shape: [w.routerBias.length], data: w.routerBias };
+  // An unrelated tensor of another layer, as in a real shard.
+  tensors['model.layers.0.self_attn.q_proj.weight'] = { dtype: 'BF16', shape: [2, 2], data: new Float32Array(4) };
+  return { layer, bytes: saveSafetensors(tensors, { format: 'pt' }), base };
+}
+
+for (const preset of ['mixtral', 'qwen2-moe', 'qwen3-moe', 'deepseek-v2', 'deepseek-v3'] as const) {
+  test(`MoELayer.fromCheckpoint loads ${preset} tensor names and reproduces the layer bit for bit`, () => {
+    const { layer, bytes } = checkpointFor(preset, 3, 77);
+    const file = loadSafetensors(bytes);
+    const loaded = MoELayer.fromCheckpoint(file, { preset, layer: 3 });
+    const x = { data: new Rng(4).floats(5 * 16), shape: [5, 16] };
+    assert.deepEqual(Array.from(loaded.forward(x).y.data), Array.from(layer.forward(x).y.data));
+    assert.throws(() => MoELayer.fromCheckpoint(file, { preset, layer: 4 }), /tensor 'model\.layers\.4\.(block_sparse_moe|mlp)\.gate\.weight' is missing/);
+  });
+}
+
+test('MoELayer.fromCheckpoint: a missing expert or a misshaped tensor is named; sharded sources are searched in turn', () => {
+  const { bytes, base } = checkpointFor('mixtral', 0, 78);
+  const full = loadSafetensors(bytes);
+  // Drop expert 5's w3 by re-saving without it.
+  const partial: Record<string, TensorToSave> = {};
+  const bad: Record<string, TensorToSave> = {};
+  for (const name of full.tensors.keys()) {
+    const t = full.get(name);
+    if (name !== `${base}experts.5.w3.weight`) partial[name] = { shape: t.shape, data: t.data };
+    bad[name] = name === `${base}experts.2.w2.weight` ? { shape: [t.shape[1], t.shape[0]], data: t.data } : { shape: t.shape, data: t.data };
+  }
+  assert.throws(() => MoELayer.fromCheckpoint(loadSafetensors(saveSafetensors(partial)), { preset: 'mixtral', layer: 0 }), /tensor 'model\.layers\.0\.block_sparse_moe\.experts\.5\.w3\.weight' is missing/);
+  assert.throws(() => MoELayer.fromCheckpoint(loadSafetensors(saveSafetensors(bad)), { preset: 'mixtral', layer: 0 }), /tensor 'model\.layers\.0\.block_sparse_moe\.experts\.2\.w2\.weight' has shape \[24, 16\], expected \[16, 24\]/);
+  // Split the checkpoint in two shards: router + experts 0–3 in one, the rest in the other.
+  const a: Record<string, TensorToSave> = {};
+  const b: Record<string, TensorToSave> = {};
+  for (const name of full.tensors.keys()) {
+    const t = full.get(name);
+    (/experts\.[4-7]\./.test(name) ? b : a)[name] = { shape: t.shape, data: t.data };
+  }
+  const sharded = MoELayer.fromCheckpoint([loadSafetensors(saveSafetensors(a)), loadSafetensors(saveSafetensors(b))], { preset: 'mixtral', layer: 0 });
+  const single = MoELayer.fromCheckpoint(full, { preset: 'mixtral', layer: 0 });
+  const x = { data: new Rng(5).floats(3 * 16), shape: [3, 16] };
+  assert.deepEqual(Array.from(sharded.forward(x).y.data), Array.from(single.forward(x).y.data));
+  assert.throws(() => MoELayer.fromCheckpoint(full, { preset: 'switch', layer: 0 }), /preset 'switch' has no checkpoint naming scheme/);
+  assert.throws(() => MoELayer.fromCheckpoint({} as never, { preset: 'mixtral', layer: 0 }), TypeError);
+});
