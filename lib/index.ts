@@ -25,6 +25,26 @@ export {
   gluAsync,
 } from './experts';
 export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
+export {
+  route,
+  routeAsync,
+  routeBackward,
+  routeBackwardAsync,
+  updateSelectionBias,
+  routingPresets,
+  DEEPSEEK_V3_BIAS_UPDATE_SPEED,
+} from './routing';
+export type {
+  RouteOptions,
+  RouteAuxOptions,
+  RouteLoss,
+  RoutingPlan,
+  RouteMode,
+  RouteScore,
+  GroupScore,
+  DropPolicy,
+  RoutingPresetName,
+} from './routing';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';
@@ -72,3 +92,6 @@ export function setIsa(isa: IsaName): void {
 
 export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MAX_HEADER_BYTES } from './safetensors';
 export type { TensorInfo, TensorToSave } from './safetensors';
+
+export { MoELayer, moePresets } from './moe';
+export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';

@@ -9,6 +9,7 @@
 import * as path from 'node:path';
 import type { Float32Tensor } from './tensor';
 import type { PackedExperts, ExpertPlan } from './experts';
+import type { RouteOptions, RoutingPlan } from './routing';
 
 export type ActivationName = 'none' | 'relu' | 'gelu' | 'gelu_tanh' | 'silu';
 export type IsaName = 'scalar' | 'avx2' | 'avx512' | 'neon';
@@ -38,7 +39,7 @@ export interface RawInfo {
   supportedIsas: IsaName[];
   compiledIsas: IsaName[];
   threads: number;
-  kernels: { dense: string };
+  kernels: { dense: string; routing?: string };
   cpu: Record<string, boolean>;
 }
 
@@ -65,6 +66,22 @@ export interface NativeBinding {
   gluAsync(h: Float32Tensor, options?: GroupedNativeOptions): Promise<Float32Tensor>;
   expertsForward(x: Float32Tensor, plan: ExpertPlan, gateUp: PackedExperts, down: PackedExperts, options?: GroupedNativeOptions): Float32Tensor;
   expertsForwardAsync(x: Float32Tensor, plan: ExpertPlan, gateUp: PackedExperts, down: PackedExperts, options?: GroupedNativeOptions): Promise<Float32Tensor>;
+
+  route(logits: Float32Tensor, options?: RouteOptions): RoutingPlan;
+  routeAsync(logits: Float32Tensor, options?: RouteOptions): Promise<RoutingPlan>;
+  routeBackward(
+    logits: Float32Tensor,
+    plan: Pick<RoutingPlan, 'expertIds' | 'k'>,
+    gradWeights: Float32Array,
+    options?: RouteOptions,
+  ): Float32Tensor;
+  routeBackwardAsync(
+    logits: Float32Tensor,
+    plan: Pick<RoutingPlan, 'expertIds' | 'k'>,
+    gradWeights: Float32Array,
+    options?: RouteOptions,
+  ): Promise<Float32Tensor>;
+  updateSelectionBias(bias: Float32Array | Float32Tensor, tokensPerExpert: Int32Array, gamma: number): Float32Array;
 }
 
 export interface GroupedNativeOptions {
