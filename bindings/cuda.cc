@@ -737,7 +737,8 @@ Napi::Value RouteImpl(const Napi::CallbackInfo& info, bool async) {
   const int64_t T = logits->shape[0], E = logits->shape[1];
   Napi::Value opts = info.Length() > 1 ? info[1] : env.Undefined();
   sk_cuda_route_options o{};
-  o.k = get_dim(env, fn, "options.k", get_option(env, fn, opts, "k"));
+  Napi::Value kv = get_option(env, fn, opts, "k");
+  o.k = is_absent(kv) ? 1 : get_dim(env, fn, "options.k", kv);
   if (o.k > E) throw_range(env, fn, "options.k = " + std::to_string(o.k) + " must be ≤ experts = " + std::to_string(E));
   Napi::Value sv = get_option(env, fn, opts, "score");
   o.score = SK_SCORE_SOFTMAX;

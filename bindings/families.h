@@ -21,6 +21,7 @@ inline AddonData* addon_data(Napi::Env env) { return env.GetInstanceData<AddonDa
 
 void RegisterDense(Napi::Env env, Napi::Object exports);
 void RegisterExperts(Napi::Env env, Napi::Object exports);
+void RegisterRouting(Napi::Env env, Napi::Object exports);
 void RegisterCuda(Napi::Env env, Napi::Object exports);
 
 }  // namespace binding

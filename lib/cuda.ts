@@ -301,14 +301,20 @@ export interface CudaGroupedOptions extends StreamOption {
   activation?: ActivationName;
   outDtype?: 'f32' | 'bf16';
 }
+/**
+ * The options of `route()` (same names and meanings) that the GPU kernel
+ * supports. A preset works once its training losses are dropped:
+ * `cuda.route(logits, { ...routingPresets['deepseek-v3'], aux: undefined, selectionBias })`.
+ */
 export interface CudaRouteOptions extends StreamOption {
-  k: number;
+  /** Experts per token (default 1). */
+  k?: number;
   score?: 'softmax' | 'sigmoid' | 'none';
   scoreBeforeTopK?: boolean;
   renormalize?: boolean;
   scalingFactor?: number;
-  /** `[E]` added for selection only (DeepSeek-V3): a Float32Array or an f32 DeviceTensor. */
-  selectionBias?: Float32Array | DeviceTensor | null;
+  /** `[E]` added for selection only (DeepSeek-V3): a Float32Array, a host tensor or an f32 DeviceTensor. */
+  selectionBias?: Float32Array | Float32Tensor | DeviceTensor | null;
   groups?: number;
   topkGroups?: number;
   groupScore?: 'max' | 'sum-top2';
@@ -444,12 +450,12 @@ export const cuda = {
    * combine. Other `route()` options (capacity, noise, expert choice, hash,
    * losses) are CPU-only: passing one throws.
    */
-  route(logits: DeviceTensor, options: CudaRouteOptions): DevicePlan {
+  route(logits: DeviceTensor, options?: CudaRouteOptions): DevicePlan {
     const fn = 'cuda.route';
     requireCuda(fn);
     return new DevicePlan(native.cudaRoute(dev(fn, 'logits', logits), routeOpts(fn, options)));
   },
-  routeAsync(logits: DeviceTensor, options: CudaRouteOptions): Promise<DevicePlan> {
+  routeAsync(logits: DeviceTensor, options?: CudaRouteOptions): Promise<DevicePlan> {
     const fn = 'cuda.routeAsync';
     requireCuda(fn);
     return wrapAsync(native.cudaRouteAsync(dev(fn, 'logits', logits), routeOpts(fn, options)), (h) => new DevicePlan(h));
@@ -637,18 +643,48 @@ export const cuda = {
   },
 };
 
-function routeOpts(fn: string, options: CudaRouteOptions): Record<string, unknown> | undefined {
-  if (options === undefined || options === null || typeof options !== 'object') {
-    throw new TypeError(`${fn}: options must be an object with at least k, got ${describe(options)}`);
-  }
-  for (const key of Object.keys(options)) {
-    if (!ROUTE_KEYS.has(key) && (options as unknown as Record<string, unknown>)[key] !== undefined) {
-      throw new RangeError(
-        `${fn}: options.${key} is not supported on the GPU (supported: ${[...ROUTE_KEYS].join(', ')}); use route() on the CPU for it`,
-      );
+// route() options that the GPU kernel takes at their default (dropless top-k) value only.
+const ROUTE_DEFAULT_ONLY: Record<string, { ok: (v: unknown) => boolean; hint: string }> = {
+  mode: { ok: (v) => v === 'top-k', hint: "only 'top-k'" },
+  capacityFactor: { ok: (v) => v === 0, hint: 'only 0 (dropless)' },
+  jitter: { ok: (v) => v === 0, hint: 'only 0' },
+  randomSecondExpert: { ok: (v) => v === false, hint: 'only false' },
+  noiseLogits: { ok: (v) => v === null, hint: 'no noise' },
+  tokenIds: { ok: (v) => v === null, hint: 'top-k mode only' },
+  // irrelevant without dropping / randomness
+  dropPolicy: { ok: () => true, hint: '' },
+  seed: { ok: () => true, hint: '' },
+};
+
+function routeOpts(fn: string, options: CudaRouteOptions | undefined): Record<string, unknown> | undefined {
+  if (options === undefined || options === null) return undefined;
+  if (typeof options !== 'object') throw new TypeError(`${fn}: options must be an object, got ${describe(options)}`);
+  const o = options as unknown as Record<string, unknown>;
+  const pass: Record<string, unknown> = {};
+  for (const key of Object.keys(o)) {
+    const v = o[key];
+    if (v === undefined) continue;
+    if (ROUTE_KEYS.has(key)) {
+      pass[key] = v;
+    } else if (key === 'aux') {
+      if (v !== null && typeof v === 'object' && Object.values(v).some((x) => x !== undefined)) {
+        throw new RangeError(
+          `${fn}: options.aux (balance losses, for training) is not computed on the GPU; for inference pass { ...options, aux: undefined }, or use route() on the CPU`,
+        );
+      }
+    } else if (key in ROUTE_DEFAULT_ONLY) {
+      if (!ROUTE_DEFAULT_ONLY[key].ok(v)) {
+        throw new RangeError(`${fn}: options.${key} = ${JSON.stringify(v)} is not supported on the GPU (${ROUTE_DEFAULT_ONLY[key].hint}); use route() on the CPU for it`);
+      }
+    } else {
+      throw new RangeError(`${fn}: options.${key} is not supported on the GPU (supported: ${[...ROUTE_KEYS].join(', ')}); use route() on the CPU for it`);
     }
   }
-  return nativeOpts(fn, options);
+  const sb = pass.selectionBias as { data?: unknown } | undefined;
+  if (sb && !(sb instanceof DeviceTensor) && !(sb instanceof Float32Array) && typeof sb === 'object' && sb.data instanceof Float32Array) {
+    pass.selectionBias = sb.data;
+  }
+  return nativeOpts(fn, pass);
 }
 
 function expertsForwardImpl(

@@ -22,8 +22,30 @@ export {
   combineAsync,
   expertsForward,
   expertsForwardAsync,
+  glu,
+  gluAsync,
 } from './experts';
 export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
+export {
+  route,
+  routeAsync,
+  routeBackward,
+  routeBackwardAsync,
+  updateSelectionBias,
+  routingPresets,
+  DEEPSEEK_V3_BIAS_UPDATE_SPEED,
+} from './routing';
+export type {
+  RouteOptions,
+  RouteAuxOptions,
+  RouteLoss,
+  RoutingPlan,
+  RouteMode,
+  RouteScore,
+  GroupScore,
+  DropPolicy,
+  RoutingPresetName,
+} from './routing';
 export { cuda, DeviceTensor, DevicePlan, DeviceBsr, DeviceNM, CudaStream, CudaUnavailableError } from './cuda';
 export type {
   DeviceDtype,
@@ -89,3 +111,6 @@ export function setIsa(isa: IsaName): void {
 
 export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MAX_HEADER_BYTES } from './safetensors';
 export type { TensorInfo, TensorToSave } from './safetensors';
+
+export { MoELayer, moePresets } from './moe';
+export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';

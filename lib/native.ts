@@ -9,6 +9,7 @@
 import * as path from 'node:path';
 import type { Float32Tensor } from './tensor';
 import type { PackedExperts, ExpertPlan } from './experts';
+import type { RouteOptions, RoutingPlan } from './routing';
 
 export type ActivationName = 'none' | 'relu' | 'gelu' | 'gelu_tanh' | 'silu';
 export type IsaName = 'scalar' | 'avx2' | 'avx512' | 'neon';
@@ -38,7 +39,7 @@ export interface RawInfo {
   supportedIsas: IsaName[];
   compiledIsas: IsaName[];
   threads: number;
-  kernels: { dense: string };
+  kernels: { dense: string; routing?: string };
   cpu: Record<string, boolean>;
 }
 
@@ -61,8 +62,26 @@ export interface NativeBinding extends NativeCudaBinding {
   permuteAsync(x: Float32Tensor, sortedSlots: Int32Array, k: number, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
   combine(ys: Float32Tensor, sortedSlots: Int32Array, weights: Float32Array, k: number, options?: { out?: Float32Array | null }): Float32Tensor;
   combineAsync(ys: Float32Tensor, sortedSlots: Int32Array, weights: Float32Array, k: number, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
+  glu(h: Float32Tensor, options?: GroupedNativeOptions): Float32Tensor;
+  gluAsync(h: Float32Tensor, options?: GroupedNativeOptions): Promise<Float32Tensor>;
   expertsForward(x: Float32Tensor, plan: ExpertPlan, gateUp: PackedExperts, down: PackedExperts, options?: GroupedNativeOptions): Float32Tensor;
   expertsForwardAsync(x: Float32Tensor, plan: ExpertPlan, gateUp: PackedExperts, down: PackedExperts, options?: GroupedNativeOptions): Promise<Float32Tensor>;
+
+  route(logits: Float32Tensor, options?: RouteOptions): RoutingPlan;
+  routeAsync(logits: Float32Tensor, options?: RouteOptions): Promise<RoutingPlan>;
+  routeBackward(
+    logits: Float32Tensor,
+    plan: Pick<RoutingPlan, 'expertIds' | 'k'>,
+    gradWeights: Float32Array,
+    options?: RouteOptions,
+  ): Float32Tensor;
+  routeBackwardAsync(
+    logits: Float32Tensor,
+    plan: Pick<RoutingPlan, 'expertIds' | 'k'>,
+    gradWeights: Float32Array,
+    options?: RouteOptions,
+  ): Promise<Float32Tensor>;
+  updateSelectionBias(bias: Float32Array | Float32Tensor, tokensPerExpert: Int32Array, gamma: number): Float32Array;
 }
 
 /** Opaque native objects of the CUDA backend (see lib/cuda.ts for the typed wrappers). */

@@ -16,6 +16,8 @@ import { test, type TestContext } from 'node:test';
 import {
   combine,
   cuda,
+  route,
+  routingPresets,
   CudaUnavailableError,
   DeviceTensor,
   expertsForward,
@@ -624,14 +626,59 @@ cudaTest('route matches the float64 top-k reference (ids, weights) and its plan 
       checkRoute(`route ${c.label}`, logits, c.T, c.E, o, h);
       assert.deepEqual(Array.from(ha.expertIds!), Array.from(h.expertIds!), `${c.label}: async differs from sync`);
     });
-    // Against the CPU route() too, where this build has it (issue 5).
-    const cpuRoute = (sk as unknown as { route?: (l: unknown, o: unknown) => { expertIds: Int32Array; weights: Float32Array } }).route;
-    if (cpuRoute) {
-      const cp = cpuRoute({ data: logits, shape: [c.T, c.E] }, o);
-      const err = relError(h.weights, cp.weights);
-      assert.ok(err <= F32_TOL || !Array.from(cp.expertIds).every((v, i) => v === h.expertIds![i]), `${c.label}: weights vs CPU route: ${err}`);
-    }
+    checkAgainstCpuRoute(`route ${c.label}`, logits, c.T, c.E, o, h);
   }
+});
+
+/**
+ * GPU plan vs the CPU route() on the same logits: the same experts in the same
+ * order (except where the reference shows a near-tie that float32 rounding may
+ * order either way), then the same weights and the same plan arrays.
+ */
+function checkAgainstCpuRoute(label: string, logits: Float32Array, T: number, E: number, o: TopkOptions, h: sk.HostPlan) {
+  const cp = route({ data: logits, shape: [T, E] }, { ...o, selectionBias: o.selectionBias ?? undefined });
+  const ref = routeTopkRef(logits, T, E, o);
+  const k = o.k;
+  let same = true;
+  for (let i = 0; i < T * k; i++) {
+    if (cp.expertIds[i] === h.expertIds![i]) continue;
+    same = false;
+    const t = Math.floor(i / k);
+    const va = ref.selection[t * E + h.expertIds![i]], vb = ref.selection[t * E + cp.expertIds[i]];
+    assert.ok(Math.abs(va - vb) <= 1e-6 * Math.max(1, Math.abs(vb)), `${label}: slot ${i}: GPU expert ${h.expertIds![i]}, CPU route() ${cp.expertIds[i]} on ${device}`);
+  }
+  if (!same) return;
+  const err = relError(h.weights, cp.weights);
+  assert.ok(err <= F32_TOL, `${label}: weights vs CPU route(): rel err ${err.toExponential(3)}`);
+  assert.deepEqual(Array.from(h.tokensPerExpert!), Array.from(cp.tokensPerExpert), `${label}: tokensPerExpert vs CPU route()`);
+  assert.deepEqual(Array.from(h.expertOffsets), Array.from(cp.expertOffsets), `${label}: expertOffsets vs CPU route()`);
+  assert.deepEqual(Array.from(h.sortedSlots), Array.from(cp.sortedSlots), `${label}: sortedSlots vs CPU route()`);
+}
+
+cudaTest('route with the dropless top-k presets of route() (training losses dropped) matches the CPU route()', async () => {
+  const rng = new Rng(102);
+  for (const name of ['mixtral', 'qwen2-moe', 'qwen3-moe', 'deepseek-v2', 'deepseek-v3'] as const) {
+    const E = name.startsWith('deepseek') ? 64 : name === 'qwen2-moe' ? 60 : 8;
+    const T = 97;
+    const logits = Float32Array.from({ length: T * E }, () => rng.normal());
+    const preset = { ...routingPresets[name], aux: undefined } as sk.RouteOptions;
+    const o: TopkOptions = { ...(preset as TopkOptions), k: preset.k ?? 1 };
+    if (name === 'deepseek-v3') o.selectionBias = Float32Array.from({ length: E }, () => rng.normal() * 0.05);
+    const dl = cuda.toDevice({ data: logits, shape: [T, E] });
+    const plan = cuda.route(dl, { ...preset, selectionBias: o.selectionBias ?? undefined } as sk.CudaRouteOptions);
+    const h = plan.toHost();
+    using([dl, plan], () => {
+      checkRoute(`preset ${name}`, logits, T, E, o, h);
+      checkAgainstCpuRoute(`preset ${name}`, logits, T, E, o, h);
+    });
+  }
+  // Options the GPU does not run are refused with a pointer to the CPU route().
+  const dl = cuda.toDevice({ data: new Float32Array(4 * 8), shape: [4, 8] });
+  using([dl], () => {
+    assert.throws(() => cuda.route(dl, routingPresets.mixtral as sk.CudaRouteOptions), /options\.aux .* not computed on the GPU/);
+    assert.throws(() => cuda.route(dl, routingPresets.switch as sk.CudaRouteOptions), /not supported on the GPU/);
+    assert.throws(() => cuda.route(dl, routingPresets.hash as sk.CudaRouteOptions), /options\.mode = "hash" is not supported on the GPU/);
+  });
 });
 
 cudaTest('route breaks ties to the lower expert (and the lower group)', async () => {
@@ -710,7 +757,7 @@ cudaTest('errors: disposed tensors, dtype and shape mismatches, host tensors and
     assert.throws(() => cuda.toDeviceBsr({ shape: [32, 32], blockSize: 16, rowPtr: Int32Array.from([0, 2, 1]), colIdx: Int32Array.from([0]), values: new Float32Array(256) }), /non-decreasing/);
     assert.throws(() => cuda.toDeviceNM({ data: Float32Array.from({ length: 32 * 64 }, () => 1), shape: [32, 64] }, { n: 2, m: 4 }), /not 2:4 sparse/);
     assert.throws(() => cuda.route(a, { k: 4 }), /options\.k = 4 must be ≤ experts = 3/);
-    assert.throws(() => cuda.route(a, { k: 1, capacityFactor: 1.25 } as sk.CudaRouteOptions), /capacityFactor is not supported on the GPU/);
+    assert.throws(() => cuda.route(a, { k: 1, capacityFactor: 1.25 } as sk.CudaRouteOptions), /capacityFactor = 1.25 is not supported on the GPU/);
   });
   assert.throws(() => cuda.linear(a, a), /x was disposed/);
   assert.throws(() => a.toHost(), /was disposed/);
