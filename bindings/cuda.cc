@@ -917,6 +917,32 @@ Napi::Value CombineImpl(const Napi::CallbackInfo& info, bool async) {
 Napi::Value CudaCombine(const Napi::CallbackInfo& i) { return CombineImpl(i, false); }
 Napi::Value CudaCombineAsync(const Napi::CallbackInfo& i) { return CombineImpl(i, true); }
 
+// cudaAddRowsInto(y [T, d], s [T, d], gate ([T] or [T, 1] f32) | null, options?: { stream }):
+// y[t] += σ(gate[t])·s[t] (1 without gate), in place. For the shared experts of an MoE block.
+Napi::Value CudaAddRowsInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string fn = "cuda.addRowsInto";
+  const CudaApi& api = require_cuda(env, fn);
+  BufPtr y = get_dev(env, fn, "y", info[0], 2, "[rows, d]");
+  BufPtr s2 = get_dev(env, fn, "s", info[1], 2, "[rows, d]");
+  require_float(env, fn, "y", y);
+  if (s2->dtype != y->dtype || s2->shape != y->shape)
+    throw_range(env, fn, "s must have y's dtype and shape " + shape_str(y->shape) + ", got " + shape_str(s2->shape));
+  BufPtr gate;
+  if (!is_absent(info[2])) {
+    gate = get_dev(env, fn, "gate", info[2], 0, "");
+    if (gate->dtype != SK_F32 || gate->count != y->shape[0])
+      throw_range(env, fn, "gate must be f32 with one value per row (" + std::to_string(y->shape[0]) + ")");
+  }
+  StreamPtr s = get_stream(env, fn, info.Length() > 3 ? info[3] : env.Undefined());
+  use_on(env, fn, y, s);
+  use_on(env, fn, s2, s);
+  use_on(env, fn, gate, s);
+  check_cuda(env, fn, api.add_rows((sk_dtype)y->dtype, y->ptr, s2->ptr, gate ? static_cast<const float*>(gate->ptr) : nullptr,
+                                   y->shape[0], y->shape[1], s->s));
+  return env.Undefined();
+}
+
 // ---- block-sparse ------------------------------------------------------------------------
 
 void describe_bsr(Napi::Env env, Napi::Object& o, const DeviceBsr& b) {
@@ -1395,6 +1421,7 @@ void RegisterCuda(Napi::Env env, Napi::Object exports) {
       {"cudaPermuteAsync", CudaPermuteAsync},
       {"cudaCombine", CudaCombine},
       {"cudaCombineAsync", CudaCombineAsync},
+      {"cudaAddRowsInto", CudaAddRowsInto},
       {"cudaToDeviceBsr", CudaToDeviceBsr},
       {"cudaBsrValues", CudaBsrValues},
       {"cudaBsrLinear", CudaBsrLinear},

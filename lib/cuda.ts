@@ -51,6 +51,8 @@ import {
   type RawCudaInfo,
 } from './native';
 import type { Float32Tensor, Tensor } from './tensor';
+import type { MoELayer } from './moe';
+import type { DeviceMoELayer } from './cuda_moe';
 
 export type DeviceDtype = 'f32' | 'bf16' | 'i32';
 export type CudaBackendStatus = RawCudaInfo['status'];
@@ -546,6 +548,17 @@ export const cuda = {
   },
 
   /**
+   * A CPU {@link MoELayer} on the GPU: its weights uploaded once (`f32` or
+   * `bf16`), `forward(x)` on device tensors. See lib/cuda_moe.ts.
+   */
+  moeLayer(layer: MoELayer, options?: { dtype?: 'f32' | 'bf16' } & StreamOption): DeviceMoELayer {
+    requireCuda('cuda.moeLayer');
+    // Loaded on use: cuda_moe builds on this module.
+    const { DeviceMoELayer: Cls } = require('./cuda_moe') as typeof import('./cuda_moe');
+    return new Cls(layer, options);
+  },
+
+  /**
    * Uploads a block-sparse matrix `{ shape: [rows, cols], blockSize: b | [br, bc],
    * rowPtr, colIdx, values }` (a `BlockSparseMatrix` or its parts), validated
    * as `fromParts` validates. Square blocks of 16, 32 and 64 run tuned
@@ -655,6 +668,11 @@ const ROUTE_DEFAULT_ONLY: Record<string, { ok: (v: unknown) => boolean; hint: st
   dropPolicy: { ok: () => true, hint: '' },
   seed: { ok: () => true, hint: '' },
 };
+
+/** @internal checks route() options against what the GPU runs, and converts them for the binding. */
+export function routeOptionsForGpu(fn: string, options: CudaRouteOptions | undefined): Record<string, unknown> | undefined {
+  return routeOpts(fn, options);
+}
 
 function routeOpts(fn: string, options: CudaRouteOptions | undefined): Record<string, unknown> | undefined {
   if (options === undefined || options === null) return undefined;

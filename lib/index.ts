@@ -47,6 +47,8 @@ export type {
   RoutingPresetName,
 } from './routing';
 export { cuda, DeviceTensor, DevicePlan, DeviceBsr, DeviceNM, CudaStream, CudaUnavailableError } from './cuda';
+export { DeviceMoELayer } from './cuda_moe';
+export type { DeviceMoEForward } from './cuda_moe';
 export type {
   DeviceDtype,
   CudaBackendInfo,

@@ -156,6 +156,7 @@ export interface NativeCudaBinding {
   cudaPermuteAsync(x: NativeDeviceBuffer, plan: NativeDevicePlan, options?: Opts): Promise<NativeDeviceBuffer>;
   cudaCombine(ys: NativeDeviceBuffer, plan: NativeDevicePlan, options?: Opts): NativeDeviceBuffer;
   cudaCombineAsync(ys: NativeDeviceBuffer, plan: NativeDevicePlan, options?: Opts): Promise<NativeDeviceBuffer>;
+  cudaAddRowsInto(y: NativeDeviceBuffer, s: NativeDeviceBuffer, gate: NativeDeviceBuffer | null, options?: Opts): void;
   cudaToDeviceBsr(w: object, options?: Opts): NativeDeviceBsr;
   cudaBsrValues(w: NativeDeviceBsr): NativeDeviceBuffer;
   cudaBsrLinear(x: NativeDeviceBuffer, w: NativeDeviceBsr, options?: Opts): NativeDeviceBuffer;

@@ -716,6 +716,70 @@ cudaTest('MoE on the GPU end to end: route → expertsForward = the CPU ops on t
   });
 });
 
+// ---- MoE block --------------------------------------------------------------------------
+
+function randomMoE(rng: Rng, preset: 'mixtral' | 'qwen2-moe' | 'deepseek-v3' | 'switch' | 'gshard', d: number, f: number, E: number, round = false) {
+  const r = (n: number, scale: number) => (round ? roundBf16(rng.floats(n, scale)) : rng.floats(n, scale));
+  const t = (shape: number[], scale = 1 / Math.sqrt(shape[shape.length - 1])) => ({ data: r(shape.reduce((a, b) => a * b, 1), scale), shape });
+  const arch = sk.moePresets[preset];
+  const sf = f;
+  const weights: sk.MoEWeights = { router: t([E, d]), down: t([E, d, f]) };
+  if (arch.gated) {
+    if (preset === 'qwen2-moe') weights.gateUp = t([E, 2 * f, d]);
+    else {
+      weights.gate = t([E, f, d]);
+      weights.up = t([E, f, d]);
+    }
+  } else {
+    weights.w1 = t([E, f, d]);
+    weights.b1 = t([E, f], 0.1);
+    weights.b2 = t([E, d], 0.1);
+  }
+  if ((arch.sharedExperts ?? 0) > 0) weights.shared = { gate: t([sf, d]), up: t([sf, d]), down: t([d, sf]) };
+  if (arch.sharedExpertGate) weights.sharedGate = t([1, d]);
+  if (preset === 'deepseek-v3') weights.routerBias = Float32Array.from({ length: E }, () => rng.normal() * 0.05);
+  return new sk.MoELayer({ dModel: d, dFF: f, numExperts: E, architecture: preset, sharedDFF: sf }, weights);
+}
+
+cudaTest('cuda.moeLayer: the MoELayer presets on the GPU (weights uploaded once) match MoELayer.forward on the CPU', async () => {
+  const rng = new Rng(120);
+  for (const [preset, E] of [['mixtral', 8], ['qwen2-moe', 12], ['deepseek-v3', 32]] as const) {
+    const [T, d, f] = [21, 32, 48];
+    const layer = randomMoE(rng, preset, d, f, E);
+    const x = rng.floats(T * d);
+    const ref = layer.forward({ data: x, shape: [T, d] });
+    const gpu = cuda.moeLayer(layer);
+    const dx = cuda.toDevice({ data: x, shape: [T, d] });
+    const { y, plan } = gpu.forward(dx);
+    const second = await gpu.forwardAsync(dx); // the weights stay put: a second call reuses them
+    using([dx, y, plan, second.y, second.plan], () => {
+      const err = relError(host(y), ref.y.data);
+      assert.ok(err <= F32_TOL, `moeLayer ${preset}: rel err ${err.toExponential(3)} on ${device}`);
+      assert.deepEqual(Array.from(plan.toHost().expertIds!), Array.from(ref.plan.expertIds), `moeLayer ${preset}: routing`);
+      assert.deepEqual(Array.from(host(second.y)), Array.from(host(y)), `moeLayer ${preset}: second forward differs`);
+    });
+    assert.ok(gpu.bytes > 0);
+    gpu.dispose();
+    assert.throws(() => gpu.forward(dx), /disposed/);
+  }
+  // bf16 weights and activations, against the CPU layer on the same bf16-rounded weights.
+  const [T, d, f, E] = [16, 32, 64, 8];
+  const layer = randomMoE(rng, 'mixtral', d, f, E, true);
+  const x = roundBf16(rng.floats(T * d));
+  const ref = layer.forward({ data: x, shape: [T, d] });
+  const gpu = cuda.moeLayer(layer, { dtype: 'bf16' });
+  const dx = cuda.toDevice({ data: x, shape: [T, d] }, { dtype: 'bf16' });
+  const { y, plan } = gpu.forward(dx);
+  using([dx, y, plan, gpu], () => {
+    assert.equal(y.dtype, 'bf16');
+    const err = relError(host(y), ref.y.data);
+    assert.ok(err <= BF16_TOL, `moeLayer mixtral bf16: rel err ${err.toExponential(3)} on ${device}`);
+  });
+  // Routers the GPU does not run are refused at construction.
+  assert.throws(() => cuda.moeLayer(randomMoE(rng, 'switch', 16, 16, 4)), /router cannot run on the GPU: .*capacityFactor/);
+  assert.throws(() => cuda.moeLayer(randomMoE(rng, 'gshard', 16, 16, 4)), /router cannot run on the GPU/);
+});
+
 // ---- streams, lifetime, errors --------------------------------------------------------------
 
 cudaTest('streams: a tensor made on one stream and used on another is ordered; dispose right after enqueueing is safe', async () => {

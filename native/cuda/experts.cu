@@ -258,6 +258,14 @@ int combine_launch(const void* ys, int64_t rows, int64_t d, const int32_t* row_o
   return check_launch("combine_kernel");
 }
 
+template <class T>
+__global__ void add_rows_kernel(T* __restrict__ y, const T* __restrict__ s, const float* __restrict__ gate, int64_t d) {
+  const int64_t t = blockIdx.x;
+  const float g = gate ? 1.0f / (1.0f + expf(-gate[t])) : 1.0f;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x)
+    y[t * d + c] = from_float<T>(fmaf(g, to_float(s[t * d + c]), to_float(y[t * d + c])));
+}
+
 }  // namespace
 
 const char* experts_kernel_names() {
@@ -333,6 +341,21 @@ SK_CUDA_API int sk_cuda_invert_slots(const int32_t* slots, int64_t rows, int32_t
   if (rows == 0) return SK_CUDA_OK;
   invert_slots_kernel<<<static_cast<unsigned>(ceil_div(rows, 256)), 256, 0, st>>>(slots, rows, row_of_slot, n_slots);
   return check_launch("invert_slots_kernel");
+}
+
+SK_CUDA_API int sk_cuda_add_rows(sk_dtype dt, void* y, const void* src, const float* gate, int64_t rows, int64_t d,
+                                 sk_cuda_stream s) {
+  if (rows <= 0 || d <= 0 || rows > 0x7fffffff) return fail(SK_CUDA_EINVAL, "sk_cuda_add_rows: bad dimensions");
+  const int threads = d >= 256 ? 256 : (d >= 128 ? 128 : 64);
+  if (dt == SK_F32)
+    add_rows_kernel<float><<<static_cast<unsigned>(rows), threads, 0, stream_of(s)>>>(static_cast<float*>(y),
+                                                                                      static_cast<const float*>(src), gate, d);
+  else if (dt == SK_BF16)
+    add_rows_kernel<bf16><<<static_cast<unsigned>(rows), threads, 0, stream_of(s)>>>(static_cast<bf16*>(y),
+                                                                                     static_cast<const bf16*>(src), gate, d);
+  else
+    return fail(SK_CUDA_EINVAL, "sk_cuda_add_rows: dtype must be f32 or bf16");
+  return check_launch("add_rows_kernel");
 }
 
 SK_CUDA_API int sk_cuda_combine(sk_dtype dt, const void* ys, int64_t rows, int64_t d, const int32_t* row_of_slot,

@@ -143,6 +143,11 @@ SK_CUDA_API int sk_cuda_combine(sk_dtype dtype, const void* d_ys, int64_t rows, 
                                 const float* d_weights, int64_t tokens, int64_t k, void* d_y, sk_dtype y_dtype,
                                 sk_cuda_stream s);
 
+/* y[t, :] += g_t · s[t, :] for t < rows, where g_t = 1 (d_gate null) or σ(gate[t]) (gate f32 [rows]);
+ * y and s [rows, d] in dtype. Shared experts of an MoE block (Qwen2-MoE gates them). */
+SK_CUDA_API int sk_cuda_add_rows(sk_dtype dtype, void* d_y, const void* d_s, const float* d_gate, int64_t rows, int64_t d,
+                                 sk_cuda_stream s);
+
 /* ---- block-sparse (BSR) ----------------------------------------------------------- */
 
 /* A [rows, cols] matrix in blocks [br, bc]: row_ptr [rows/br + 1], col_idx [nnz], block_row [nnz]

@@ -37,6 +37,7 @@ struct CudaApi {
   int (*invert_slots)(const int32_t*, int64_t, int32_t*, int64_t, sk_cuda_stream);
   int (*combine)(sk_dtype, const void*, int64_t, int64_t, const int32_t*, const float*, int64_t, int64_t, void*,
                  sk_dtype, sk_cuda_stream);
+  int (*add_rows)(sk_dtype, void*, const void*, const float*, int64_t, int64_t, sk_cuda_stream);
   int (*bsr_linear)(sk_dtype, const void*, int64_t, const sk_cuda_bsr*, const float*, void*, sk_dtype, int,
                     sk_cuda_stream);
   int (*sddmm)(sk_dtype, const void*, const void*, int64_t, const sk_cuda_bsr*, void*, sk_dtype, sk_cuda_stream);

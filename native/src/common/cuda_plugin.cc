@@ -98,6 +98,7 @@ bool resolve_api(void* lib, CudaApi* a, std::string* missing) {
   ok &= resolve(lib, "sk_cuda_permute", &a->permute, missing);
   ok &= resolve(lib, "sk_cuda_invert_slots", &a->invert_slots, missing);
   ok &= resolve(lib, "sk_cuda_combine", &a->combine, missing);
+  ok &= resolve(lib, "sk_cuda_add_rows", &a->add_rows, missing);
   ok &= resolve(lib, "sk_cuda_bsr_linear", &a->bsr_linear, missing);
   ok &= resolve(lib, "sk_cuda_sddmm", &a->sddmm, missing);
   ok &= resolve(lib, "sk_cuda_nm24_linear", &a->nm24_linear, missing);
