@@ -144,6 +144,38 @@ test('cuda plugin: the plugin built by scripts/build-cuda-check.js loads, its AB
   }
 });
 
+test('cuda plugin: device tensors that are never disposed are freed by the garbage collector (FinalizationRegistry)', (t) => {
+  if (!cxx) {
+    t.skip('no C++ compiler to build the host stand-in of the plugin');
+    return;
+  }
+  const lib = compile('host_plugin_gc', null, path.join(root, 'test', 'fixtures', 'cuda_host_plugin.cc'));
+  const script = `
+    const { cuda } = require(${JSON.stringify(libIndex)});
+    (function leak() {
+      for (let i = 0; i < 50; i++) cuda.toDevice({ data: new Float32Array(1000), shape: [1000] });
+    })();
+    const kept = cuda.toDevice({ data: new Float32Array(10), shape: [10] });
+    const before = cuda.memoryStats();
+    (async () => {
+      for (let i = 0; i < 20 && cuda.memoryStats().liveTensors > 1; i++) {
+        global.gc();
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const after = cuda.memoryStats();
+      process.stdout.write(JSON.stringify({ before, after, keptAlive: !kept.disposed }));
+    })();`;
+  const env: NodeJS.ProcessEnv = { ...process.env, SPARSEKIT_CUDA_PLUGIN: lib };
+  const r = spawnSync(process.execPath, ['--expose-gc', '--import', 'tsx', '-e', script], { cwd: root, env, encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const o = JSON.parse(r.stdout);
+  assert.equal(o.before.liveTensors, 51);
+  assert.equal(o.after.liveTensors, 1, `the 50 unreachable tensors were freed (${JSON.stringify(o)})`);
+  assert.equal(o.after.finalizedUndisposed, 50);
+  assert.equal(o.after.liveBytes, 40);
+  assert.ok(o.keptAlive);
+});
+
 test('cuda plugin: test/cuda.test.ts passes against the host-memory stand-in of the plugin (bindings and TS layer)', (t) => {
   if (!cxx) {
     t.skip('no C++ compiler to build the host stand-in of the plugin');
