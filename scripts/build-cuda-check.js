@@ -51,9 +51,14 @@ function has(cmd, args = ['--version']) {
   return !r.error && r.status === 0;
 }
 
+/** nvcc as an absolute, resolved path (CMake caches the compiler: the same spelling every time). */
 function findNvcc() {
-  const cands = [process.env.CUDACXX, 'nvcc', '/usr/local/cuda/bin/nvcc'].filter(Boolean);
-  for (const c of cands) if (has(c)) return c;
+  const inPath = (process.env.PATH || '').split(path.delimiter).filter(Boolean).map((d) => path.join(d, 'nvcc'));
+  const cands = [process.env.CUDACXX, ...inPath, '/usr/local/cuda/bin/nvcc'].filter(Boolean);
+  for (const c of cands) {
+    if (!fs.existsSync(c) || !has(c)) continue;
+    return fs.realpathSync(c);
+  }
   return null;
 }
 
@@ -94,8 +99,12 @@ console.log(capture(nvcc, ['--version']).out.trim().split('\n').pop());
 // 1. Build (verbose ptxas, so registers and spills are on record).
 if (argv.includes('--clean')) fs.rmSync(buildDir, { recursive: true, force: true });
 const archs = argv.includes('--fast') ? '80-real' : '80-real;90-real;90-virtual';
-const configure = ['-S', path.join(root, 'native', 'cuda'), '-B', buildDir, `-DCMAKE_CUDA_COMPILER=${nvcc}`, '-DSPARSEKIT_CUDA_VERBOSE=ON', `-DSPARSEKIT_CUDA_ARCHS=${archs}`];
-if (!fs.existsSync(path.join(buildDir, 'CMakeCache.txt')) && has('ninja')) configure.push('-G', 'Ninja');
+const configure = ['-S', path.join(root, 'native', 'cuda'), '-B', buildDir, '-DSPARSEKIT_CUDA_VERBOSE=ON', `-DSPARSEKIT_CUDA_ARCHS=${archs}`];
+if (!fs.existsSync(path.join(buildDir, 'CMakeCache.txt'))) {
+  // First configure only: changing the compiler of an existing build dir makes CMake start over.
+  configure.push(`-DCMAKE_CUDA_COMPILER=${nvcc}`);
+  if (has('ninja')) configure.push('-G', 'Ninja');
+}
 if (!run('cmake', configure)) fail('cmake configure of build-cuda/');
 const t0 = Date.now();
 const build = spawnSync('cmake', ['--build', buildDir, '--parallel', String(jobs)], { cwd: root, encoding: 'utf8', maxBuffer: 512 << 20 });

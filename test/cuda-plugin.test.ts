@@ -177,6 +177,10 @@ test('cuda plugin: device tensors that are never disposed are freed by the garba
 });
 
 test('cuda plugin: test/cuda.test.ts passes against the host-memory stand-in of the plugin (bindings and TS layer)', (t) => {
+  if (process.env.SPARSEKIT_SKIP_STANDIN === '1') {
+    t.skip('SPARSEKIT_SKIP_STANDIN=1 (bench/gpu-check.sh: test/cuda.test.ts ran on the GPU itself)');
+    return;
+  }
   if (!cxx) {
     t.skip('no C++ compiler to build the host stand-in of the plugin');
     return;
