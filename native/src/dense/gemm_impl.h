@@ -25,12 +25,36 @@ namespace {  // internal linkage: see simd.h
 SK_INLINE int64_t sk_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 SK_INLINE int64_t sk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The inner loop of every micro-kernel: acc[MR][NRV] += a[kc][MR_STEP] · b[kc][NR]
+// (NR = NRV·W), one FMA per element per kk, in kk order. Shared by the dense
+// micro-kernel below and the block-sparse one (native/src/bsr/bsr_impl.h),
+// which runs it once per kept block with b jumping to that block's columns.
+template <class V, int MR, int NRV, int MR_STEP>
+SK_INLINE void gemm_ukernel_steps(int64_t kc, const float* __restrict ap, const float* __restrict bp,
+                                  typename V::T (&acc)[MR][NRV]) {
+  using T = typename V::T;
+  constexpr int NR = NRV * V::W;
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    T bv[NRV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NRV; ++j) bv[j] = V::load(bp + j * V::W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      T av = V::bcast(ap + i);
+#pragma GCC unroll 8
+      for (int j = 0; j < NRV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+    }
+    ap += MR_STEP;
+    bp += NR;
+  }
+}
+
 // Micro-kernel: c[MR, NRV·W] (+)= a[kc][MR_STEP] · b[kc][NRV·W].
 template <class V, int MR, int NRV, int MR_STEP>
 __attribute__((noinline)) void gemm_ukernel(int64_t kc, const float* __restrict a, const float* __restrict b,
                                             float* __restrict c, int64_t ldc, bool accumulate) {
   using T = typename V::T;
-  constexpr int NR = NRV * V::W;
   T acc[MR][NRV];
   if (accumulate) {
 #pragma GCC unroll 16
@@ -43,24 +67,35 @@ __attribute__((noinline)) void gemm_ukernel(int64_t kc, const float* __restrict 
 #pragma GCC unroll 8
       for (int j = 0; j < NRV; ++j) acc[i][j] = V::zero();
   }
-#pragma GCC unroll 2
-  for (int64_t kk = 0; kk < kc; ++kk) {
-    T bv[NRV];
-#pragma GCC unroll 8
-    for (int j = 0; j < NRV; ++j) bv[j] = V::load(b + j * V::W);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      T av = V::bcast(a + i);
-#pragma GCC unroll 8
-      for (int j = 0; j < NRV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
-    }
-    a += MR_STEP;
-    b += NR;
-  }
+  gemm_ukernel_steps<V, MR, NRV, MR_STEP>(kc, a, b, acc);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < NRV; ++j) V::store(c + i * ldc + j * V::W, acc[i][j]);
+}
+
+// Packs rows [p0·NR, p1·NR) of a row-major [n, k] matrix into panels of NR
+// rows stored k-major (panel p holds row p·NR + j, column kk at
+// [p·k·NR + kk·NR + j]), zero-padding past n. The dense kernel packs W this
+// way; the block-sparse kernel packs its token panels of x the same way.
+template <int NR>
+void pack_rows_kmajor(const float* w, int64_t n, int64_t k, int64_t p0, int64_t p1, float* out) {
+  // Blocked transpose: 64 k-columns at a time keeps the NR source rows' lines in cache.
+  for (int64_t p = p0; p < p1; ++p) {
+    float* dst = out + p * k * NR;
+    int64_t rows = sk_min64(NR, n - p * NR);
+    for (int64_t k0 = 0; k0 < k; k0 += 64) {
+      int64_t k1 = sk_min64(k, k0 + 64);
+      for (int64_t j = 0; j < NR; ++j) {
+        if (j < rows) {
+          const float* src = w + (p * NR + j) * k;
+          for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = src[kk];
+        } else {
+          for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = 0.f;
+        }
+      }
+    }
+  }
 }
 
 template <class Cfg>
@@ -84,22 +119,7 @@ struct Gemm {
   }
 
   static void pack_w(const float* w, int64_t n, int64_t k, int64_t p0, int64_t p1, float* out) {
-    // Blocked transpose: 8 k-columns at a time keeps the NR source rows' lines in cache.
-    for (int64_t p = p0; p < p1; ++p) {
-      float* dst = out + p * k * NR;
-      int64_t rows = sk_min64(NR, n - p * NR);
-      for (int64_t k0 = 0; k0 < k; k0 += 64) {
-        int64_t k1 = sk_min64(k, k0 + 64);
-        for (int64_t j = 0; j < NR; ++j) {
-          if (j < rows) {
-            const float* src = w + (p * NR + j) * k;
-            for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = src[kk];
-          } else {
-            for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = 0.f;
-          }
-        }
-      }
-    }
+    pack_rows_kmajor<NR>(w, n, k, p0, p1, out);
   }
 
   static void pack_x_panel(const float* x, int64_t m, int64_t k, int64_t panel, float* out) {
