@@ -3,6 +3,7 @@
 
 #include "args.h"
 #include "families.h"
+#include "sparsekit/bsr.h"
 #include "sparsekit/dense.h"
 #include "sparsekit/runtime.h"
 #include "sparsekit/thread_pool.h"
@@ -35,6 +36,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("threads", ThreadPool::instance().num_threads());
   Napi::Object kernels = Napi::Object::New(env);
   kernels.Set("dense", dense_kernels(isa)->name);
+  kernels.Set("bsr", bsr_kernels(isa)->name);
   o.Set("kernels", kernels);
   const CpuFeatures& f = cpu_features();
   Napi::Object feats = Napi::Object::New(env);
@@ -78,6 +80,7 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads, "getNumThreads"));
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
   RegisterDense(env, exports);
+  RegisterBsr(env, exports);
   return exports;
 }
 

@@ -8,6 +8,17 @@ import { native, type IsaName, type RawInfo } from './native';
 
 export { linear, linearAsync, prepackLinear } from './dense';
 export type { LinearOptions, ActivationName, PackedLinear } from './dense';
+export {
+  BlockSparseMatrix,
+  prepackBsrLinear,
+  bsrLinear,
+  bsrLinearAsync,
+  bsrLinearTransposed,
+  bsrLinearTransposedAsync,
+  sddmm,
+  sddmmAsync,
+} from './bsr';
+export type { BlockSparseParts, FromDenseOptions, RandomBsrOptions, OutOption, PackedBsrLinear } from './bsr';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';

@@ -1,0 +1,334 @@
+// Block-sparse kernels, written once over a vector-traits type and
+// instantiated in each ISA's file (bsr_avx2.cc, ...), compiled there with that
+// ISA's flags.
+//
+// bsr_linear: y = act(x · Wᵀ + b), W [n, k] block-sparse.
+//   "Weight-broadcast, token-vectorised": the kernel computes tiles of yᵀ.
+//   W's kept values play the role of the dense kernel's A operand (one
+//   broadcast per row per k step), x plays B: it is packed per call into token
+//   panels [k][NR] (NR = NRV·W tokens, the dense kernel's pack of W applied to
+//   x), read with vector loads. A micro-tile is a group of ≤ RMAX rows of one
+//   block row × NR tokens; it walks that block row's kept blocks, and for each
+//   runs bc k steps of the dense micro-kernel's inner loop with the B pointer
+//   at x_panel + colIdx·bc·NR. All blocks of the group accumulate in
+//   registers, so every y element is one fixed sequence of FMAs over the kept
+//   blocks in order: the result does not depend on the thread count.
+//   Groups short enough that R·NRV < 8 accumulators would be FMA-latency bound
+//   split the k steps round-robin over SPLIT accumulator sets (k step kk of
+//   every block goes to set kk mod SPLIT), summed in a fixed order at the end.
+//
+// bsr_sddmm: out = (a · bᵀ) on the kept blocks of a mask.
+//   a is packed once into the dense kernel's MR-row panels. Each task takes a
+//   batch of kept blocks of one block row, gathers the rows of b its blocks
+//   need into NR panels (KC-deep slices, so a panel slice sits in L1), and
+//   runs the dense micro-kernel on [block-row rows × gathered columns] into a
+//   scratch tile that is then written out block by block. Gathering costs one
+//   copy of a b element per 2·br flops, so it is cheap for every block height
+//   and wastes no work on blocks narrower than NR.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <utility>
+
+#include "../dense/gemm_impl.h"
+#include "sparsekit/bsr.h"
+#include "sparsekit/memory.h"
+#include "sparsekit/thread_pool.h"
+
+namespace sparsekit {
+namespace {  // internal linkage: see simd.h
+
+constexpr int bsr_split_for(int accumulators) {
+  // 8 independent FMA chains cover 4 cycles of latency × 2 FMA pipes.
+  return accumulators >= 8 ? 1 : accumulators >= 4 ? 2 : accumulators >= 3 ? 3 : 4;
+}
+
+// c[ROWS][NR] = Σ over the group's kept blocks of a_block[bc][ROWS]ᵀ · x_panel[cols·bc .. +bc][NR].
+template <class V, int ROWS, int NRV, int BC, int SPLIT>
+__attribute__((noinline)) void bsr_ukernel(int64_t nblocks, const int32_t* __restrict cols, const float* __restrict a,
+                                           const float* __restrict xp, int64_t bc_rt, float* __restrict c) {
+  using T = typename V::T;
+  constexpr int NR = NRV * V::W;
+  const int64_t bc = BC > 0 ? BC : bc_rt;
+  const int64_t b_stride = bc * NR;
+  T acc[SPLIT][ROWS][NRV];
+#pragma GCC unroll 4
+  for (int s = 0; s < SPLIT; ++s)
+#pragma GCC unroll 16
+    for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 8
+      for (int j = 0; j < NRV; ++j) acc[s][i][j] = V::zero();
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const float* b = xp + static_cast<int64_t>(cols[blk]) * b_stride;
+    if constexpr (SPLIT == 1) {
+      gemm_ukernel_steps<V, ROWS, NRV, ROWS>(bc, a, b, acc[0]);
+    } else {
+      int64_t kk = 0;
+      for (; kk + SPLIT <= bc; kk += SPLIT) {
+#pragma GCC unroll 4
+        for (int s = 0; s < SPLIT; ++s)
+          gemm_ukernel_steps<V, ROWS, NRV, ROWS>(1, a + (kk + s) * ROWS, b + (kk + s) * NR, acc[s]);
+      }
+      for (int s = 0; s < SPLIT && kk < bc; ++kk, ++s) gemm_ukernel_steps<V, ROWS, NRV, ROWS>(1, a + kk * ROWS, b + kk * NR, acc[s]);
+    }
+    a += bc * ROWS;
+  }
+  if constexpr (SPLIT > 1) {
+    // Fixed-order combination; x·1 + y is an exactly rounded add (the traits have no add).
+    static const float kOne = 1.0f;
+    const T one = V::bcast(&kOne);
+#pragma GCC unroll 4
+    for (int s = 1; s < SPLIT; ++s)
+#pragma GCC unroll 16
+      for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < NRV; ++j) acc[0][i][j] = V::fma(acc[s][i][j], one, acc[0][i][j]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NRV; ++j) V::store(c + i * NR + j * V::W, acc[0][i][j]);
+}
+
+// Cfg: V (vector traits); Dense (the dense GEMM's tile config, for sddmm);
+// kRmax: most rows of a group (W is packed for it); kNrv[3]: token-vector
+// counts a micro-tile may use, with kNrvRows[3] the most rows each fits in
+// registers (option 0 must fit kRmax); kPanelBytes: largest x panel
+// (k·NR floats) that stays in L2 (options past the first are skipped above it).
+template <class Cfg>
+struct BsrImpl {
+  using V = typename Cfg::V;
+  static constexpr int W = V::W;
+  static constexpr int RMAX = Cfg::kRmax;
+  static_assert(Cfg::kNrvRows[0] >= Cfg::kRmax, "option 0 must fit the packed group height");
+  static constexpr int NR_MAX = (Cfg::kNrv[0] > Cfg::kNrv[1] ? (Cfg::kNrv[0] > Cfg::kNrv[2] ? Cfg::kNrv[0] : Cfg::kNrv[2])
+                                                            : (Cfg::kNrv[1] > Cfg::kNrv[2] ? Cfg::kNrv[1] : Cfg::kNrv[2])) *
+                                W;
+  using Ukernel = void (*)(int64_t, const int32_t*, const float*, const float*, int64_t, float*);
+  using PackFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, float*);
+
+  template <int NRV, int BC, int... Rs>
+  static Ukernel pick_rows(int rows, std::integer_sequence<int, Rs...>) {
+    static const Ukernel t[] = {&bsr_ukernel<V, Rs + 1, NRV, BC, bsr_split_for((Rs + 1) * NRV)>...};
+    return t[rows - 1];
+  }
+  // Block widths of the tuned shapes (1×16, 4×1, 8×8, 16×16, 32×32, 64×64)
+  // get their k loop at compile time; any other width runs the same code with
+  // a run-time count.
+  template <int NRV, int ROWS_MAX>
+  static Ukernel pick_bc(int64_t bc, int rows) {
+    using Seq = std::make_integer_sequence<int, ROWS_MAX>;
+    switch (bc) {
+      case 1: return pick_rows<NRV, 1>(rows, Seq{});
+      case 8: return pick_rows<NRV, 8>(rows, Seq{});
+      case 16: return pick_rows<NRV, 16>(rows, Seq{});
+      case 32: return pick_rows<NRV, 32>(rows, Seq{});
+      case 64: return pick_rows<NRV, 64>(rows, Seq{});
+      default: return pick_rows<NRV, 0>(rows, Seq{});
+    }
+  }
+  static Ukernel ukernel(int opt, int64_t bc, int rows) {
+    switch (opt) {
+      case 0: return pick_bc<Cfg::kNrv[0], Cfg::kNrvRows[0]>(bc, rows);
+      case 1: return pick_bc<Cfg::kNrv[1], Cfg::kNrvRows[1]>(bc, rows);
+      default: return pick_bc<Cfg::kNrv[2], Cfg::kNrvRows[2]>(bc, rows);
+    }
+  }
+  static PackFn pack_x(int opt) {
+    switch (opt) {
+      case 0: return &pack_rows_kmajor<Cfg::kNrv[0] * W>;
+      case 1: return &pack_rows_kmajor<Cfg::kNrv[1] * W>;
+      default: return &pack_rows_kmajor<Cfg::kNrv[2] * W>;
+    }
+  }
+
+  // Token-vector count for m tokens and groups of `rows` rows: fewest modelled
+  // cycles, where one k step of an R×NRV tile costs max(R·NRV FMAs / 2 pipes,
+  // (NRV loads + R broadcasts) / 2 load ports) and padding tokens count as work.
+  static int choose_option(int64_t m, int64_t k, int rows) {
+    int best = 0;
+    double best_cost = 0;
+    for (int o = 0; o < 3; ++o) {
+      if (Cfg::kNrvRows[o] < rows) continue;
+      const int nrv = Cfg::kNrv[o];
+      const int64_t nr = static_cast<int64_t>(nrv) * W;
+      if (o > 0 && k * nr * 4 > Cfg::kPanelBytes) continue;
+      double fma = rows * nrv / 2.0, ld = (nrv + rows) / 2.0;
+      double cost = static_cast<double>(sk_ceil_div(m, nr)) * (fma > ld ? fma : ld);
+      if (o == 0 || cost < best_cost * (1 - 1e-9)) {
+        best = o;
+        best_cost = cost;
+      }
+    }
+    return best;
+  }
+
+  static Status linear(const float* x, int64_t m, const BsrPackedView& w, const float* bias, Activation act, float* y) {
+    const int64_t n = w.rows, k = w.cols, br = w.br, bc = w.bc;
+    const int64_t nbr = n / br;
+    ThreadPool& pool = ThreadPool::instance();
+    const int threads = pool.num_threads();
+    if (w.max_group_rows != RMAX) return Status::Invalid("W was packed for another kernel's row groups");
+    const BsrGroups gs = BsrGroups::split(br, RMAX);
+    const int opt = choose_option(m, k, gs.rows(0));
+    const int64_t nr = static_cast<int64_t>(Cfg::kNrv[opt]) * W;
+    const int64_t tiles = sk_ceil_div(m, nr);
+
+    float* xp = thread_workspace(static_cast<size_t>(tiles * nr * k), 0);
+    if (!xp) return Status::Oom("out of memory for the packed-x workspace");
+    const PackFn pack = pack_x(opt);
+    pool.parallel_for(tiles, [&](int64_t t, int) { pack(x, m, k, t, t + 1, xp); });
+
+    Ukernel uks[RMAX];
+    for (int r = 1; r <= RMAX && r <= gs.rows(0); ++r) uks[r - 1] = ukernel(opt, bc, r);
+
+    // Row groups in row order, cut into chunks of about equal work (kept
+    // k steps × rows, plus the store). Any cut gives the same bits.
+    const int64_t groups = nbr * gs.count;
+    int64_t chunks = threads > 1 ? sk_ceil_div(static_cast<int64_t>(threads) * 8, tiles) : 1;
+    if (chunks > groups) chunks = groups;
+    if (chunks < 1) chunks = 1;
+    AlignedBuffer<int64_t> bounds;
+    if (!bounds.resize(static_cast<size_t>(chunks + 1))) return Status::Oom("out of memory for the task list");
+    {
+      auto work = [&](int64_t R, int g) {
+        return (static_cast<int64_t>(w.row_ptr[R + 1] - w.row_ptr[R]) * bc + 4) * gs.rows(g);
+      };
+      int64_t total = 0;
+      for (int64_t R = 0; R < nbr; ++R)
+        for (int g = 0; g < gs.count; ++g) total += work(R, g);
+      bounds.data()[0] = 0;
+      int64_t acc = 0, gi = 0, c = 1;
+      for (int64_t R = 0; R < nbr && c < chunks; ++R)
+        for (int g = 0; g < gs.count && c < chunks; ++g) {
+          acc += work(R, g);
+          ++gi;
+          while (c < chunks && acc * chunks >= total * c) bounds.data()[c++] = gi;
+        }
+      while (c < chunks) bounds.data()[c++] = groups;
+      bounds.data()[chunks] = groups;
+    }
+    const int64_t* bnd = bounds.data();
+
+    pool.parallel_for(tiles * chunks, [&](int64_t task, int) {
+      const int64_t tile = task / chunks, chunk = task % chunks;
+      const int64_t g0 = bnd[chunk], g1 = bnd[chunk + 1];
+      if (g0 >= g1) return;
+      const int64_t t0 = tile * nr;
+      const int64_t tv = sk_min64(nr, m - t0);  // valid tokens in the tile
+      const float* panel = xp + tile * k * nr;
+      alignas(64) float ct[RMAX * NR_MAX];
+      for (int64_t gi = g0; gi < g1; ++gi) {
+        const int64_t R = gi / gs.count;
+        const int g = static_cast<int>(gi % gs.count);
+        const int rows = gs.rows(g);
+        const int64_t r0 = gs.first_row(g);
+        const int64_t p0 = w.row_ptr[R], nb = w.row_ptr[R + 1] - p0;
+        const float* a = w.packed + p0 * br * bc + r0 * nb * bc;
+        uks[rows - 1](nb, w.col_idx + p0, a, panel, bc, ct);
+        float* yo = y + t0 * n + R * br + r0;
+        for (int64_t t = 0; t < tv; ++t)
+          for (int i = 0; i < rows; ++i) yo[t * n + i] = ct[i * nr + t];
+      }
+      if (bias || act != Activation::kNone) {
+        const int64_t o0 = (g0 / gs.count) * br + gs.first_row(static_cast<int>(g0 % gs.count));
+        const int64_t gl = g1 - 1;
+        const int64_t o1 = (gl / gs.count) * br + gs.first_row(static_cast<int>(gl % gs.count)) +
+                           gs.rows(static_cast<int>(gl % gs.count));
+        for (int64_t t = 0; t < tv; ++t) sk_epilogue_row(y + (t0 + t) * n + o0, bias ? bias + o0 : nullptr, o1 - o0, act);
+      }
+    });
+    return Status::Ok();
+  }
+
+  static Status sddmm(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask,
+                      float* out) {
+    using G = Gemm<typename Cfg::Dense>;
+    constexpr int MR = G::MR, NR = G::NR, KC = G::KC;
+    const int64_t br = mask.br, bc = mask.bc, nbr = mask.block_rows();
+    if (mask.nnz == 0) return Status::Ok();
+    ThreadPool& pool = ThreadPool::instance();
+
+    // a in the dense kernel's MR-row panels, once for all block rows.
+    const int64_t a_panels = sk_ceil_div(m, MR);
+    float* ap = thread_workspace(static_cast<size_t>(a_panels * MR * k), 0);
+    if (!ap) return Status::Oom("out of memory for the packed-a workspace");
+    pool.parallel_for(a_panels, [&](int64_t p, int) { G::pack_x_panel(a, m, k, p, ap); });
+
+    // Tasks: batches of up to `per_batch` kept blocks of one block row, about
+    // 256 gathered columns, so a KC-deep slice of them is an L2-sized buffer.
+    const int64_t per_batch = bc >= 256 ? 1 : 256 / bc;
+    const int64_t width_max = sk_ceil_div(per_batch * bc, NR) * NR;
+    AlignedBuffer<int64_t> task_start;
+    int64_t n_tasks = 0;
+    for (int64_t R = 0; R < nbr; ++R) n_tasks += sk_ceil_div(mask.row_ptr[R + 1] - mask.row_ptr[R], per_batch);
+    if (!task_start.resize(static_cast<size_t>(n_tasks * 2))) return Status::Oom("out of memory for the task list");
+    {
+      int64_t t = 0;
+      for (int64_t R = 0; R < nbr; ++R)
+        for (int64_t j = mask.row_ptr[R]; j < mask.row_ptr[R + 1]; j += per_batch) {
+          task_start.data()[2 * t] = R;
+          task_start.data()[2 * t + 1] = j;
+          ++t;
+        }
+    }
+    const int64_t* ts = task_start.data();
+    const size_t scratch_floats = static_cast<size_t>(width_max * KC + br * width_max);
+    std::atomic<bool> oom{false};
+
+    pool.parallel_for(n_tasks, [&](int64_t task, int) {
+      // Per-thread scratch (each pool thread has its own slot-3 buffer).
+      float* bp = thread_workspace(scratch_floats, 3);
+      if (!bp) {
+        oom = true;
+        return;
+      }
+      float* ct = bp + width_max * KC;  // [br][ldc] result tile
+      const int64_t R = ts[2 * task], j0 = ts[2 * task + 1];
+      const int64_t j1 = sk_min64(mask.row_ptr[R + 1], j0 + per_batch);
+      const int64_t width = (j1 - j0) * bc;
+      const int64_t panels = sk_ceil_div(width, NR);
+      const int64_t ldc = panels * NR;
+      const int64_t r_begin = R * br, r_end = r_begin + br;
+      for (int64_t pc = 0; pc < k; pc += KC) {
+        const int64_t kc = sk_min64(KC, k - pc);
+        // Gather b rows of the batch's blocks, columns [pc, pc + kc), into NR panels.
+        for (int64_t p = 0; p < panels; ++p) {
+          float* dst = bp + p * kc * NR;
+          for (int64_t jj = 0; jj < NR; ++jj) {
+            const int64_t gcol = p * NR + jj;
+            if (gcol < width) {
+              const int64_t brow = static_cast<int64_t>(mask.col_idx[j0 + gcol / bc]) * bc + gcol % bc;
+              const float* src = b + brow * k + pc;
+              for (int64_t kk = 0; kk < kc; ++kk) dst[kk * NR + jj] = src[kk];
+            } else {
+              for (int64_t kk = 0; kk < kc; ++kk) dst[kk * NR + jj] = 0.f;
+            }
+          }
+        }
+        for (int64_t p = 0; p < panels; ++p) {
+          const float* bpan = bp + p * kc * NR;
+          // The block row's rows, cut where the packed a panels of MR rows end.
+          for (int64_t r = r_begin; r < r_end;) {
+            const int64_t panel = r / MR, off = r % MR;
+            const int rows = static_cast<int>(sk_min64(MR - off, r_end - r));
+            G::ukernel_for_rows(rows)(kc, ap + panel * k * MR + pc * MR + off, bpan, ct + (r - r_begin) * ldc + p * NR,
+                                      ldc, pc > 0);
+            r += rows;
+          }
+        }
+      }
+      for (int64_t j = j0; j < j1; ++j) {
+        float* dst = out + j * br * bc;
+        const float* src = ct + (j - j0) * bc;
+        for (int64_t i = 0; i < br; ++i)
+          for (int64_t c = 0; c < bc; ++c) dst[i * bc + c] = src[i * ldc + c];
+      }
+    });
+    if (oom) return Status::Oom("out of memory for the sddmm scratch");
+    return Status::Ok();
+  }
+};
+
+}  // namespace
+}  // namespace sparsekit
