@@ -90,6 +90,25 @@ __attribute__((noinline)) void bsr_ukernel(int64_t nblocks, const int32_t* __res
     for (int j = 0; j < NRV; ++j) V::store(c + i * NR + j * V::W, acc[0][i][j]);
 }
 
+// y[t][o] = stage[o][t] for t < tv, o < rows (stage rows are nr floats).
+// Whole-vector stores matter: the y lines are cold, and scalar stores that
+// miss fill the store buffer after a few lines.
+SK_INLINE void write_transposed(const float* __restrict stage, int64_t nr, int64_t rows, int64_t tv,
+                                float* __restrict y, int64_t ldy) {
+  int64_t o0 = 0;
+#if defined(__AVX2__)
+  // 8×8 register transposes while 8 rows and 8 tokens are available.
+  const int64_t tv8 = tv / 8 * 8;
+  for (; o0 + 8 <= rows; o0 += 8) {
+    for (int64_t t0 = 0; t0 < tv8; t0 += 8) sk_transpose8x8(stage + o0 * nr + t0, nr, y + t0 * ldy + o0, ldy);
+    for (int64_t t = tv8; t < tv; ++t)
+      for (int64_t o = o0; o < o0 + 8; ++o) y[t * ldy + o] = stage[o * nr + t];
+  }
+#endif
+  for (int64_t t = 0; t < tv; ++t)
+    for (int64_t o = o0; o < rows; ++o) y[t * ldy + o] = stage[o * nr + t];
+}
+
 // Cfg: V (vector traits); Dense (the dense GEMM's tile config, for sddmm);
 // kRmax: most rows of a group (W is packed for it); kNrv[3]: token-vector
 // counts a micro-tile may use, with kNrvRows[3] the most rows each fits in
@@ -104,6 +123,7 @@ struct BsrImpl {
   static constexpr int NR_MAX = (Cfg::kNrv[0] > Cfg::kNrv[1] ? (Cfg::kNrv[0] > Cfg::kNrv[2] ? Cfg::kNrv[0] : Cfg::kNrv[2])
                                                             : (Cfg::kNrv[1] > Cfg::kNrv[2] ? Cfg::kNrv[1] : Cfg::kNrv[2])) *
                                 W;
+  static constexpr int64_t kRun = 64;  // rows of y staged per write-out
   using Ukernel = void (*)(int64_t, const int32_t*, const float*, const float*, int64_t, float*);
   using PackFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, float*);
 
@@ -217,7 +237,19 @@ struct BsrImpl {
       const int64_t t0 = tile * nr;
       const int64_t tv = sk_min64(nr, m - t0);  // valid tokens in the tile
       const float* panel = xp + tile * k * nr;
-      alignas(64) float ct[RMAX * NR_MAX];
+      // yᵀ of a run of consecutive rows is staged here, then written to y
+      // token by token as contiguous row segments. Writing each micro-tile
+      // straight to y would touch tv lines n floats apart per group, a few
+      // floats each: with n a multiple of 1024 they all fall into one L1 set
+      // and every partial line write misses.
+      alignas(64) float stage[(kRun + RMAX) * NR_MAX];
+      int64_t run0 = -1, run_rows = 0;
+      auto flush = [&]() {
+        float* yr = y + t0 * n + run0;
+        write_transposed(stage, nr, run_rows, tv, yr, n);
+        if (bias || act != Activation::kNone)
+          for (int64_t t = 0; t < tv; ++t) sk_epilogue_row(yr + t * n, bias ? bias + run0 : nullptr, run_rows, act);
+      };
       for (int64_t gi = g0; gi < g1; ++gi) {
         const int64_t R = gi / gs.count;
         const int g = static_cast<int>(gi % gs.count);
@@ -225,18 +257,15 @@ struct BsrImpl {
         const int64_t r0 = gs.first_row(g);
         const int64_t p0 = w.row_ptr[R], nb = w.row_ptr[R + 1] - p0;
         const float* a = w.packed + p0 * br * bc + r0 * nb * bc;
-        uks[rows - 1](nb, w.col_idx + p0, a, panel, bc, ct);
-        float* yo = y + t0 * n + R * br + r0;
-        for (int64_t t = 0; t < tv; ++t)
-          for (int i = 0; i < rows; ++i) yo[t * n + i] = ct[i * nr + t];
+        if (run_rows + rows > kRun && run_rows > 0) {
+          flush();
+          run_rows = 0;
+        }
+        if (run_rows == 0) run0 = R * br + r0;
+        uks[rows - 1](nb, w.col_idx + p0, a, panel, bc, stage + run_rows * nr);
+        run_rows += rows;
       }
-      if (bias || act != Activation::kNone) {
-        const int64_t o0 = (g0 / gs.count) * br + gs.first_row(static_cast<int>(g0 % gs.count));
-        const int64_t gl = g1 - 1;
-        const int64_t o1 = (gl / gs.count) * br + gs.first_row(static_cast<int>(gl % gs.count)) +
-                           gs.rows(static_cast<int>(gl % gs.count));
-        for (int64_t t = 0; t < tv; ++t) sk_epilogue_row(y + (t0 + t) * n + o0, bias ? bias + o0 : nullptr, o1 - o0, act);
-      }
+      if (run_rows > 0) flush();
     });
     return Status::Ok();
   }
