@@ -17,6 +17,7 @@
 #include "args.h"
 #include "async.h"
 #include "families.h"
+#include "handle.h"
 #include "sparsekit/bsr.h"
 #include "sparsekit/runtime.h"
 
@@ -87,57 +88,24 @@ Napi::Object parts_object(Napi::Env env, const Napi::Int32Array& row_ptr, const 
   return o;
 }
 
-// Opaque handle to a packed block-sparse weight (shared_ptr copied into async
-// work, so collecting the handle while a call runs is safe).
-class PackedBsrWrap : public Napi::ObjectWrap<PackedBsrWrap> {
- public:
-  static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function f = DefineClass(env, "PackedBsrLinear",
-                                   {InstanceAccessor<&PackedBsrWrap::OutFeatures>("outFeatures"),
-                                    InstanceAccessor<&PackedBsrWrap::InFeatures>("inFeatures"),
-                                    InstanceAccessor<&PackedBsrWrap::BlockSize>("blockSize"),
-                                    InstanceAccessor<&PackedBsrWrap::NnzBlocks>("nnzBlocks"),
-                                    InstanceAccessor<&PackedBsrWrap::Density>("density"),
-                                    InstanceAccessor<&PackedBsrWrap::Isa>("isa"),
-                                    InstanceAccessor<&PackedBsrWrap::Kernel>("kernel"),
-                                    InstanceAccessor<&PackedBsrWrap::Bytes>("bytes")});
-    addon_data(env)->packed_bsr_ctor = Napi::Persistent(f);
-    exports.Set("PackedBsrLinear", f);
-  }
-  explicit PackedBsrWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PackedBsrWrap>(info) {
-    if (info.Length() != 1 || !info[0].IsExternal())
-      throw_type(info.Env(), "PackedBsrLinear", "use prepackBsrLinear(W) to make a packed block-sparse weight");
-    packed = *info[0].As<Napi::External<std::shared_ptr<PackedBsr>>>().Data();
-  }
-  static bool Is(const Napi::Value& v) {
-    if (!v.IsObject()) return false;
-    AddonData* d = addon_data(v.Env());
-    return d && !d->packed_bsr_ctor.IsEmpty() && v.As<Napi::Object>().InstanceOf(d->packed_bsr_ctor.Value());
-  }
-  std::shared_ptr<PackedBsr> packed;
+using PackedBsrHandle = Handle<PackedBsr>;
 
- private:
-  Napi::Value OutFeatures(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(packed->rows)); }
-  Napi::Value InFeatures(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(packed->cols)); }
-  Napi::Value BlockSize(const Napi::CallbackInfo& info) {
-    Napi::Array a = Napi::Array::New(info.Env(), 2);
-    a.Set(0u, Napi::Number::New(info.Env(), double(packed->br)));
-    a.Set(1u, Napi::Number::New(info.Env(), double(packed->bc)));
-    return a;
-  }
-  Napi::Value NnzBlocks(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(packed->nnz)); }
-  Napi::Value Density(const Napi::CallbackInfo& info) {
-    double total = double(packed->rows / packed->br) * double(packed->cols / packed->bc);
-    return Napi::Number::New(info.Env(), double(packed->nnz) / total);
-  }
-  Napi::Value Isa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), isa_name(packed->kernels->isa)); }
-  Napi::Value Kernel(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), packed->kernels->name); }
-  Napi::Value Bytes(const Napi::CallbackInfo& info) {
-    double b = double(packed->nnz) * double(packed->br * packed->bc) * 4 + double(packed->nnz) * 4 +
-               double(packed->rows / packed->br + 1) * 4;
-    return Napi::Number::New(info.Env(), b);
-  }
-};
+void DescribePackedBsr(Napi::Env env, Napi::Object& o, const PackedBsr& p) {
+  PackedBsrHandle::Prop(o, "outFeatures", Napi::Number::New(env, double(p.rows)));
+  PackedBsrHandle::Prop(o, "inFeatures", Napi::Number::New(env, double(p.cols)));
+  Napi::Array bs = Napi::Array::New(env, 2);
+  bs.Set(0u, Napi::Number::New(env, double(p.br)));
+  bs.Set(1u, Napi::Number::New(env, double(p.bc)));
+  bs.Freeze();
+  PackedBsrHandle::Prop(o, "blockSize", bs);
+  PackedBsrHandle::Prop(o, "nnzBlocks", Napi::Number::New(env, double(p.nnz)));
+  const double total = double(p.rows / p.br) * double(p.cols / p.bc);
+  PackedBsrHandle::Prop(o, "density", Napi::Number::New(env, double(p.nnz) / total));
+  PackedBsrHandle::Prop(o, "isa", Napi::String::New(env, isa_name(p.kernels->isa)));
+  PackedBsrHandle::Prop(o, "kernel", Napi::String::New(env, p.kernels->name));
+  const double bytes = double(p.nnz) * double(p.br * p.bc) * 4 + double(p.nnz) * 4 + double(p.rows / p.br + 1) * 4;
+  PackedBsrHandle::Prop(o, "bytes", Napi::Number::New(env, bytes));
+}
 
 // ---- format helpers
 
@@ -248,9 +216,7 @@ Napi::Value PrepackBsrLinear(const Napi::CallbackInfo& info) {
   BsrArg w = get_bsr(env, fn, "W", info[0], true, "W.");
   std::shared_ptr<PackedBsr> packed;
   throw_if_error(env, fn, bsr_pack(w.view, active_isa(), &packed));
-  auto ext = Napi::External<std::shared_ptr<PackedBsr>>::New(env, new std::shared_ptr<PackedBsr>(std::move(packed)),
-                                                             [](Napi::Env, std::shared_ptr<PackedBsr>* p) { delete p; });
-  return addon_data(env)->packed_bsr_ctor.New({ext});
+  return PackedBsrHandle::Wrap(env, std::move(packed), DescribePackedBsr);
 }
 
 // ---- products
@@ -263,8 +229,8 @@ struct WeightArg {
 
 WeightArg get_weight(Napi::Env env, const std::string& fn, const Napi::Value& v) {
   WeightArg w;
-  if (PackedBsrWrap::Is(v)) {
-    w.packed = PackedBsrWrap::Unwrap(v.As<Napi::Object>())->packed;
+  if (PackedBsrHandle::Is(v)) {
+    w.packed = PackedBsrHandle::Get(env, fn, "W", v);
     w.rows = w.packed->rows;
     w.cols = w.packed->cols;
   } else {
@@ -400,7 +366,7 @@ Napi::Value SddmmAsync(const Napi::CallbackInfo& info) { return SddmmImpl(info, 
 }  // namespace
 
 void RegisterBsr(Napi::Env env, Napi::Object exports) {
-  PackedBsrWrap::Init(env, exports);
+  PackedBsrHandle::Init(env, exports, "PackedBsrLinear", "use prepackBsrLinear(W) to make a packed block-sparse weight");
   auto fn = [&](const char* name, Napi::Function::Callback cb) { exports.Set(name, Napi::Function::New(env, cb, name)); };
   fn("bsrValidate", BsrValidate);
   fn("bsrToDense", BsrToDense);

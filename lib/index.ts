@@ -19,6 +19,21 @@ export {
   sddmmAsync,
 } from './bsr';
 export type { BlockSparseParts, FromDenseOptions, RandomBsrOptions, OutOption, PackedBsrLinear } from './bsr';
+export {
+  prepackExperts,
+  prepackGatedExperts,
+  groupedLinear,
+  groupedLinearAsync,
+  groupedGatedLinear,
+  groupedGatedLinearAsync,
+  permute,
+  permuteAsync,
+  combine,
+  combineAsync,
+  expertsForward,
+  expertsForwardAsync,
+} from './experts';
+export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';
@@ -63,3 +78,6 @@ export function getNumThreads(): number {
 export function setIsa(isa: IsaName): void {
   native.setIsa(isa);
 }
+
+export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MAX_HEADER_BYTES } from './safetensors';
+export type { TensorInfo, TensorToSave } from './safetensors';

@@ -41,35 +41,25 @@ Status bsr_check_shape(int64_t rows, int64_t cols, int64_t br, int64_t bc);
 // Messages name the field (rowPtr, colIdx, values) and the offending index.
 Status bsr_validate(const BsrView& v, int64_t row_ptr_len, int64_t col_idx_len, int64_t values_len);
 
-// Rows of W per micro-tile group: a block row of height br is split into
-// ceil(br / max_rows) groups of nearly equal height (sizes differ by at most 1),
-// so no group is so short that its micro-kernel is FMA-latency bound.
-struct BsrGroups {
-  int count;
-  int base, extra;  // first `extra` groups have base + 1 rows, the rest base
-  static BsrGroups split(int64_t br, int max_rows) {
-    BsrGroups g;
-    g.count = static_cast<int>((br + max_rows - 1) / max_rows);
-    g.base = static_cast<int>(br / g.count);
-    g.extra = static_cast<int>(br % g.count);
-    return g;
-  }
-  int rows(int g) const { return base + (g < extra ? 1 : 0); }
-  int first_row(int g) const { return g * base + (g < extra ? g : extra); }
-};
-
-// W packed for bsr_linear: the kept blocks of every row group laid out as
-// [block][kk < bc][group rows] (the dense kernel's packed-A layout restricted
-// to kept blocks). Group (R, g) starts at row_ptr[R]·br·bc +
-// first_row(g)·(row_ptr[R+1] − row_ptr[R])·bc, so the packed array has exactly
-// nnz·br·bc floats and needs no index of its own.
+// W packed for bsr_linear. Each block row is split into `groups` row groups
+// of nearly equal height: ceil(br / max_group_rows) groups, the first
+// `group_extra` of them group_base + 1 rows high, the rest group_base (so no
+// group is so short that its micro-kernel is FMA-latency bound). The kept
+// blocks of a group are laid out as [block][kk < bc][group rows] (the dense
+// kernel's packed-A layout restricted to kept blocks); group g of block row R
+// starts at row_ptr[R]·br·bc + first_row(g)·(row_ptr[R+1] − row_ptr[R])·bc,
+// so the packed array has exactly nnz·br·bc floats and needs no index.
 struct BsrPackedView {
   int64_t rows = 0, cols = 0, br = 0, bc = 0, nnz = 0;
   const int32_t* row_ptr = nullptr;
   const int32_t* col_idx = nullptr;
   const float* packed = nullptr;
   int max_group_rows = 1;
+  int groups = 1, group_base = 1, group_extra = 0;
 };
+
+// Result codes of the per-ISA entry points (the core turns them into Status).
+enum : int { kBsrOk = 0, kBsrOutOfMemory = 1, kBsrWrongPacking = 2 };
 
 // One instruction set's block-sparse kernels. The same table drives dispatch,
 // tests (info().kernels.bsr) and benchmarks.
@@ -77,10 +67,10 @@ struct BsrKernels {
   Isa isa;
   const char* name;    // e.g. "f32-bsr-6xN-avx2-fma"
   int max_group_rows;  // rows of W per micro-tile
-  // y[m, w.rows] = act(x[m, w.cols] · Wᵀ + bias).
-  Status (*linear)(const float* x, int64_t m, const BsrPackedView& w, const float* bias, Activation act, float* y);
-  // out[nnz, br, bc] = (a[m, k] · b[n, k]ᵀ) on the blocks of `mask` ([m, n]).
-  Status (*sddmm)(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask, float* out);
+  // y[m, w.rows] = act(x[m, w.cols] · Wᵀ + bias). Returns a kBsr* code.
+  int (*linear)(const float* x, int64_t m, const BsrPackedView& w, const float* bias, Activation act, float* y);
+  // out[nnz, br, bc] = (a[m, k] · b[n, k]ᵀ) on the blocks of `mask` ([m, n]). Returns a kBsr* code.
+  int (*sddmm)(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask, float* out);
 };
 
 // nullptr when this binary has no variant for `isa`.

@@ -41,6 +41,36 @@ namespace {
 
 std::string s(int64_t v) { return std::to_string(v); }
 
+// Row groups of a block row of height br (see BsrPackedView).
+struct BsrGroups {
+  int count, base, extra;
+  static BsrGroups split(int64_t br, int max_rows) {
+    BsrGroups g;
+    g.count = static_cast<int>((br + max_rows - 1) / max_rows);
+    g.base = static_cast<int>(br / g.count);
+    g.extra = static_cast<int>(br % g.count);
+    return g;
+  }
+  int rows(int g) const { return base + (g < extra ? 1 : 0); }
+  int first_row(int g) const { return g * base + (g < extra ? g : extra); }
+};
+
+void set_groups(BsrPackedView* v, int max_rows) {
+  BsrGroups g = BsrGroups::split(v->br, max_rows);
+  v->max_group_rows = max_rows;
+  v->groups = g.count;
+  v->group_base = g.base;
+  v->group_extra = g.extra;
+}
+
+Status from_code(int code) {
+  switch (code) {
+    case kBsrOk: return Status::Ok();
+    case kBsrOutOfMemory: return Status::Oom("out of memory for the kernel's workspace");
+    default: return Status::Invalid("W was packed for another kernel's row groups");
+  }
+}
+
 const BsrKernels* kernels_for(Isa isa, Status* st) {
   const BsrKernels* k = bsr_kernels(isa);
   if (!k || !isa_supported(isa)) *st = Status::Invalid(std::string("no block-sparse kernel for ISA ") + isa_name(isa));
@@ -155,7 +185,7 @@ BsrPackedView PackedBsr::view() const {
   v.row_ptr = row_ptr.data();
   v.col_idx = col_idx.data();
   v.packed = packed.data();
-  v.max_group_rows = kernels->max_group_rows;
+  set_groups(&v, kernels->max_group_rows);
   return v;
 }
 
@@ -194,7 +224,7 @@ Status bsr_pack(const BsrView& w, Isa isa, std::shared_ptr<PackedBsr>* out) {
 
 Status bsr_linear_packed(const BsrLinearArgs& a, const PackedBsr& w) {
   if (a.k != w.cols) return Status::Range("x width does not match W's in");
-  return w.kernels->linear(a.x, a.m, w.view(), a.bias, a.act, a.y);
+  return from_code(w.kernels->linear(a.x, a.m, w.view(), a.bias, a.act, a.y));
 }
 
 Status bsr_linear(const BsrLinearArgs& a, const BsrView& w, Isa isa) {
@@ -214,8 +244,8 @@ Status bsr_linear(const BsrLinearArgs& a, const BsrView& w, Isa isa) {
   v.row_ptr = w.row_ptr;
   v.col_idx = w.col_idx;
   v.packed = packed;
-  v.max_group_rows = kern->max_group_rows;
-  return kern->linear(a.x, a.m, v, a.bias, a.act, a.y);
+  set_groups(&v, kern->max_group_rows);
+  return from_code(kern->linear(a.x, a.m, v, a.bias, a.act, a.y));
 }
 
 Status bsr_linear_transposed_packed(const BsrLinearArgs& a, PackedBsr& w) {
@@ -262,7 +292,7 @@ Status bsr_linear_transposed_packed(const BsrLinearArgs& a, PackedBsr& w) {
     }
     t = w.transposed;
   }
-  return t->kernels->linear(a.x, a.m, t->view(), nullptr, Activation::kNone, a.y);
+  return from_code(t->kernels->linear(a.x, a.m, t->view(), nullptr, Activation::kNone, a.y));
 }
 
 Status bsr_linear_transposed(const BsrLinearArgs& a, const BsrView& w, Isa isa) {
@@ -287,8 +317,8 @@ Status bsr_linear_transposed(const BsrLinearArgs& a, const BsrView& w, Isa isa) 
   v.row_ptr = t_row_ptr.data();
   v.col_idx = t_col_idx.data();
   v.packed = packed;
-  v.max_group_rows = kern->max_group_rows;
-  return kern->linear(a.x, a.m, v, nullptr, Activation::kNone, a.y);
+  set_groups(&v, kern->max_group_rows);
+  return from_code(kern->linear(a.x, a.m, v, nullptr, Activation::kNone, a.y));
 }
 
 Status bsr_sddmm(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask, float* out,
@@ -297,7 +327,7 @@ Status bsr_sddmm(const float* a, int64_t m, int64_t k, const float* b, int64_t n
   const BsrKernels* kern = kernels_for(isa, &st);
   if (!st.ok()) return st;
   if (mask.rows != m || mask.cols != n) return Status::Range("mask shape does not match [a rows, b rows]");
-  return kern->sddmm(a, m, k, b, n, mask, out);
+  return from_code(kern->sddmm(a, m, k, b, n, mask, out));
 }
 
 Status bsr_transpose(const BsrView& w, int32_t* t_row_ptr, int32_t* t_col_idx, float* t_values) {

@@ -28,6 +28,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <new>
 #include <utility>
 
 #include "../dense/gemm_impl.h"
@@ -35,8 +36,35 @@
 #include "sparsekit/memory.h"
 #include "sparsekit/thread_pool.h"
 
+// Nothing here constructs a Status, a std:: container or any other type whose
+// inline members have external linkage: compiled with this file's -m flags,
+// such a member could become the copy the linker keeps for every file (see
+// simd.h). Entry points return the plain codes of bsr.h instead.
+
 namespace sparsekit {
 namespace {  // internal linkage: see simd.h
+
+// A heap array that reports allocation failure as a null data().
+template <class T>
+struct ScratchArray {
+  explicit ScratchArray(int64_t n) { reset(n); }
+  ~ScratchArray() { delete[] p; }
+  ScratchArray(const ScratchArray&) = delete;
+  ScratchArray& operator=(const ScratchArray&) = delete;
+  void reset(int64_t n) {
+    delete[] p;
+    p = new (std::nothrow) T[n > 0 ? n : 1];
+  }
+  T* data() { return p; }
+  T* p = nullptr;
+};
+
+// Row groups of a block row (see BsrPackedView).
+struct Groups {
+  int count, base, extra;
+  int rows(int g) const { return base + (g < extra ? 1 : 0); }
+  int first_row(int g) const { return g * base + (g < extra ? g : extra); }
+};
 
 constexpr int bsr_split_for(int accumulators) {
   // 8 independent FMA chains cover 4 cycles of latency × 2 FMA pipes.
@@ -183,19 +211,19 @@ struct BsrImpl {
     return best;
   }
 
-  static Status linear(const float* x, int64_t m, const BsrPackedView& w, const float* bias, Activation act, float* y) {
+  static int linear(const float* x, int64_t m, const BsrPackedView& w, const float* bias, Activation act, float* y) {
     const int64_t n = w.rows, k = w.cols, br = w.br, bc = w.bc;
     const int64_t nbr = n / br;
     ThreadPool& pool = ThreadPool::instance();
     const int threads = pool.num_threads();
-    if (w.max_group_rows != RMAX) return Status::Invalid("W was packed for another kernel's row groups");
-    const BsrGroups gs = BsrGroups::split(br, RMAX);
+    if (w.max_group_rows != RMAX) return kBsrWrongPacking;
+    const Groups gs{w.groups, w.group_base, w.group_extra};
     const int opt = choose_option(m, k, gs.rows(0));
     const int64_t nr = static_cast<int64_t>(Cfg::kNrv[opt]) * W;
     const int64_t tiles = sk_ceil_div(m, nr);
 
     float* xp = thread_workspace(static_cast<size_t>(tiles * nr * k), 0);
-    if (!xp) return Status::Oom("out of memory for the packed-x workspace");
+    if (!xp) return kBsrOutOfMemory;
     const PackFn pack = pack_x(opt);
     pool.parallel_for(tiles, [&](int64_t t, int) { pack(x, m, k, t, t + 1, xp); });
 
@@ -208,8 +236,8 @@ struct BsrImpl {
     int64_t chunks = threads > 1 ? sk_ceil_div(static_cast<int64_t>(threads) * 8, tiles) : 1;
     if (chunks > groups) chunks = groups;
     if (chunks < 1) chunks = 1;
-    AlignedBuffer<int64_t> bounds;
-    if (!bounds.resize(static_cast<size_t>(chunks + 1))) return Status::Oom("out of memory for the task list");
+    ScratchArray<int64_t> bounds(chunks + 1);
+    if (!bounds.data()) return kBsrOutOfMemory;
     {
       auto work = [&](int64_t R, int g) {
         return (static_cast<int64_t>(w.row_ptr[R + 1] - w.row_ptr[R]) * bc + 4) * gs.rows(g);
@@ -267,31 +295,32 @@ struct BsrImpl {
       }
       if (run_rows > 0) flush();
     });
-    return Status::Ok();
+    return kBsrOk;
   }
 
-  static Status sddmm(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask,
+  static int sddmm(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask,
                       float* out) {
     using G = Gemm<typename Cfg::Dense>;
     constexpr int MR = G::MR, NR = G::NR, KC = G::KC;
-    const int64_t br = mask.br, bc = mask.bc, nbr = mask.block_rows();
-    if (mask.nnz == 0) return Status::Ok();
+    const int64_t br = mask.br, bc = mask.bc, nbr = mask.rows / mask.br;
+    if (mask.nnz == 0) return kBsrOk;
     ThreadPool& pool = ThreadPool::instance();
 
     // a in the dense kernel's MR-row panels, once for all block rows.
     const int64_t a_panels = sk_ceil_div(m, MR);
     float* ap = thread_workspace(static_cast<size_t>(a_panels * MR * k), 0);
-    if (!ap) return Status::Oom("out of memory for the packed-a workspace");
+    if (!ap) return kBsrOutOfMemory;
     pool.parallel_for(a_panels, [&](int64_t p, int) { G::pack_x_panel(a, m, k, p, ap); });
 
     // Tasks: batches of up to `per_batch` kept blocks of one block row, about
     // 256 gathered columns, so a KC-deep slice of them is an L2-sized buffer.
     const int64_t per_batch = bc >= 256 ? 1 : 256 / bc;
     const int64_t width_max = sk_ceil_div(per_batch * bc, NR) * NR;
-    AlignedBuffer<int64_t> task_start;
+    ScratchArray<int64_t> task_start(0);
     int64_t n_tasks = 0;
     for (int64_t R = 0; R < nbr; ++R) n_tasks += sk_ceil_div(mask.row_ptr[R + 1] - mask.row_ptr[R], per_batch);
-    if (!task_start.resize(static_cast<size_t>(n_tasks * 2))) return Status::Oom("out of memory for the task list");
+    task_start.reset(n_tasks * 2);
+    if (!task_start.data()) return kBsrOutOfMemory;
     {
       int64_t t = 0;
       for (int64_t R = 0; R < nbr; ++R)
@@ -354,8 +383,7 @@ struct BsrImpl {
           for (int64_t c = 0; c < bc; ++c) dst[i * bc + c] = src[i * ldc + c];
       }
     });
-    if (oom) return Status::Oom("out of memory for the sddmm scratch");
-    return Status::Ok();
+    return oom ? kBsrOutOfMemory : kBsrOk;
   }
 };
 

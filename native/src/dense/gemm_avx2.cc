@@ -7,7 +7,7 @@
 namespace sparsekit {
 namespace {
 using G = Gemm<GemmCfg_avx2>;
-const DenseKernels kKernels = {Isa::kAvx2, "f32-gemm-6x16-avx2-fma", G::MR, G::NR, &G::pack_w, &G::gemm};
+const DenseKernels kKernels = {Isa::kAvx2, "f32-gemm-6x16-avx2-fma", G::MR, G::NR, &G::pack_w, &G::gemm, &G::grouped_gemm};
 }  // namespace
 
 const DenseKernels* dense_kernels_avx2() { return &kKernels; }

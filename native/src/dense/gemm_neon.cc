@@ -7,7 +7,7 @@
 namespace sparsekit {
 namespace {
 using G = Gemm<GemmCfg_neon>;
-const DenseKernels kKernels = {Isa::kNeon, "f32-gemm-6x16-neon", G::MR, G::NR, &G::pack_w, &G::gemm};
+const DenseKernels kKernels = {Isa::kNeon, "f32-gemm-6x16-neon", G::MR, G::NR, &G::pack_w, &G::gemm, &G::grouped_gemm};
 }  // namespace
 
 const DenseKernels* dense_kernels_neon() { return &kKernels; }
