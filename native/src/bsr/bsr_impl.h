@@ -137,6 +137,54 @@ SK_INLINE void write_transposed(const float* __restrict stage, int64_t nr, int64
     for (int64_t o = o0; o < rows; ++o) y[t * ldy + o] = stage[o * nr + t];
 }
 
+// dst[kk·NR + j] = rows[j][kk] for kk < kc, j < NR (rows[j] null → zeros):
+// one KC-deep slice of an NR panel gathered from arbitrary rows.
+template <int NR>
+void gather_panel(const float* const* rows, int64_t kc, float* __restrict dst) {
+  int64_t j0 = 0;
+#if defined(__AVX2__)
+  if constexpr (NR % 8 == 0) {
+    for (; j0 < NR; j0 += 8) {
+      bool full = true;
+      for (int j = 0; j < 8; ++j) full = full && rows[j0 + j] != nullptr;
+      if (!full) break;
+      int64_t kk = 0;
+      for (; kk + 8 <= kc; kk += 8) {
+        __m256 r0 = _mm256_loadu_ps(rows[j0] + kk), r1 = _mm256_loadu_ps(rows[j0 + 1] + kk),
+               r2 = _mm256_loadu_ps(rows[j0 + 2] + kk), r3 = _mm256_loadu_ps(rows[j0 + 3] + kk),
+               r4 = _mm256_loadu_ps(rows[j0 + 4] + kk), r5 = _mm256_loadu_ps(rows[j0 + 5] + kk),
+               r6 = _mm256_loadu_ps(rows[j0 + 6] + kk), r7 = _mm256_loadu_ps(rows[j0 + 7] + kk);
+        __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1), u2 = _mm256_unpacklo_ps(r2, r3),
+               u3 = _mm256_unpackhi_ps(r2, r3), u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5),
+               u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE),
+               v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xEE),
+               v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE),
+               v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
+        float* d = dst + kk * NR + j0;
+        _mm256_storeu_ps(d, _mm256_permute2f128_ps(v0, v4, 0x20));
+        _mm256_storeu_ps(d + NR, _mm256_permute2f128_ps(v1, v5, 0x20));
+        _mm256_storeu_ps(d + 2 * NR, _mm256_permute2f128_ps(v2, v6, 0x20));
+        _mm256_storeu_ps(d + 3 * NR, _mm256_permute2f128_ps(v3, v7, 0x20));
+        _mm256_storeu_ps(d + 4 * NR, _mm256_permute2f128_ps(v0, v4, 0x31));
+        _mm256_storeu_ps(d + 5 * NR, _mm256_permute2f128_ps(v1, v5, 0x31));
+        _mm256_storeu_ps(d + 6 * NR, _mm256_permute2f128_ps(v2, v6, 0x31));
+        _mm256_storeu_ps(d + 7 * NR, _mm256_permute2f128_ps(v3, v7, 0x31));
+      }
+      for (; kk < kc; ++kk)
+        for (int j = 0; j < 8; ++j) dst[kk * NR + j0 + j] = rows[j0 + j][kk];
+    }
+  }
+#endif
+  for (int64_t j = j0; j < NR; ++j) {
+    if (rows[j]) {
+      for (int64_t kk = 0; kk < kc; ++kk) dst[kk * NR + j] = rows[j][kk];
+    } else {
+      for (int64_t kk = 0; kk < kc; ++kk) dst[kk * NR + j] = 0.f;
+    }
+  }
+}
+
 // Cfg: V (vector traits); Dense (the dense GEMM's tile config, for sddmm);
 // kRmax: most rows of a group (W is packed for it); kNrv[3]: token-vector
 // counts a micro-tile may use, with kNrvRows[3] the most rows each fits in
@@ -312,8 +360,28 @@ struct BsrImpl {
     if (!ap) return kBsrOutOfMemory;
     pool.parallel_for(a_panels, [&](int64_t p, int) { G::pack_x_panel(a, m, k, p, ap); });
 
+    // Where NR divides the block width, every NR panel of b lies inside one
+    // block column: b is packed once (the block columns the mask uses) and
+    // each block's products are written straight into its output block.
+    // Otherwise each task gathers the b rows of its blocks into panels.
+    const bool direct = bc % NR == 0;
+    float* bp_all = nullptr;
+    if (direct) {
+      const int64_t nbc = n / bc;
+      bp_all = thread_workspace(static_cast<size_t>(n * k), 1);
+      ScratchArray<uint8_t> used(nbc);
+      if (!bp_all || !used.data()) return kBsrOutOfMemory;
+      for (int64_t c = 0; c < nbc; ++c) used.data()[c] = 0;
+      for (int64_t j = 0; j < mask.nnz; ++j) used.data()[mask.col_idx[j]] = 1;
+      const uint8_t* u = used.data();
+      const int64_t per_col = bc / NR;
+      pool.parallel_for(nbc, [&](int64_t c, int) {
+        if (u[c]) pack_rows_kmajor<NR>(b, n, k, c * per_col, (c + 1) * per_col, bp_all);
+      });
+    }
+
     // Tasks: batches of up to `per_batch` kept blocks of one block row, about
-    // 256 gathered columns, so a KC-deep slice of them is an L2-sized buffer.
+    // 256 columns of b, so a KC-deep slice of them is an L2-sized buffer.
     const int64_t per_batch = bc >= 256 ? 1 : 256 / bc;
     const int64_t width_max = sk_ceil_div(per_batch * bc, NR) * NR;
     ScratchArray<int64_t> task_start(0);
@@ -331,10 +399,37 @@ struct BsrImpl {
         }
     }
     const int64_t* ts = task_start.data();
-    const size_t scratch_floats = static_cast<size_t>(width_max * KC + br * width_max);
+    const size_t scratch_floats = direct ? 1 : static_cast<size_t>(width_max * KC + br * width_max);
     std::atomic<bool> oom{false};
 
+    // The block row's rows [r_begin, r_end), cut where the packed a panels of
+    // MR rows end, each piece run against one NR panel slice of b.
+    auto rows_times_panel = [&](int64_t r_begin, int64_t r_end, int64_t pc, int64_t kc, const float* bpan, float* c,
+                                int64_t ldc) {
+      for (int64_t r = r_begin; r < r_end;) {
+        const int64_t panel = r / MR, off = r % MR;
+        const int rows = static_cast<int>(sk_min64(MR - off, r_end - r));
+        G::ukernel_for_rows(rows)(kc, ap + panel * k * MR + pc * MR + off, bpan, c + (r - r_begin) * ldc, ldc, pc > 0);
+        r += rows;
+      }
+    };
+
     pool.parallel_for(n_tasks, [&](int64_t task, int) {
+      const int64_t R = ts[2 * task], j0 = ts[2 * task + 1];
+      const int64_t j1 = sk_min64(mask.row_ptr[R + 1], j0 + per_batch);
+      const int64_t r_begin = R * br, r_end = r_begin + br;
+      if (direct) {
+        const int64_t per_col = bc / NR;
+        for (int64_t pc = 0; pc < k; pc += KC) {
+          const int64_t kc = sk_min64(KC, k - pc);
+          for (int64_t j = j0; j < j1; ++j) {
+            const float* bcol = bp_all + static_cast<int64_t>(mask.col_idx[j]) * per_col * k * NR + pc * NR;
+            for (int64_t p = 0; p < per_col; ++p)
+              rows_times_panel(r_begin, r_end, pc, kc, bcol + p * k * NR, out + j * br * bc + p * NR, bc);
+          }
+        }
+        return;
+      }
       // Per-thread scratch (each pool thread has its own slot-3 buffer).
       float* bp = thread_workspace(scratch_floats, 3);
       if (!bp) {
@@ -342,39 +437,23 @@ struct BsrImpl {
         return;
       }
       float* ct = bp + width_max * KC;  // [br][ldc] result tile
-      const int64_t R = ts[2 * task], j0 = ts[2 * task + 1];
-      const int64_t j1 = sk_min64(mask.row_ptr[R + 1], j0 + per_batch);
       const int64_t width = (j1 - j0) * bc;
       const int64_t panels = sk_ceil_div(width, NR);
       const int64_t ldc = panels * NR;
-      const int64_t r_begin = R * br, r_end = r_begin + br;
+      const float* rows[NR];
       for (int64_t pc = 0; pc < k; pc += KC) {
         const int64_t kc = sk_min64(KC, k - pc);
         // Gather b rows of the batch's blocks, columns [pc, pc + kc), into NR panels.
         for (int64_t p = 0; p < panels; ++p) {
-          float* dst = bp + p * kc * NR;
           for (int64_t jj = 0; jj < NR; ++jj) {
             const int64_t gcol = p * NR + jj;
-            if (gcol < width) {
-              const int64_t brow = static_cast<int64_t>(mask.col_idx[j0 + gcol / bc]) * bc + gcol % bc;
-              const float* src = b + brow * k + pc;
-              for (int64_t kk = 0; kk < kc; ++kk) dst[kk * NR + jj] = src[kk];
-            } else {
-              for (int64_t kk = 0; kk < kc; ++kk) dst[kk * NR + jj] = 0.f;
-            }
+            rows[jj] = gcol < width
+                           ? b + (static_cast<int64_t>(mask.col_idx[j0 + gcol / bc]) * bc + gcol % bc) * k + pc
+                           : nullptr;
           }
+          gather_panel<NR>(rows, kc, bp + p * kc * NR);
         }
-        for (int64_t p = 0; p < panels; ++p) {
-          const float* bpan = bp + p * kc * NR;
-          // The block row's rows, cut where the packed a panels of MR rows end.
-          for (int64_t r = r_begin; r < r_end;) {
-            const int64_t panel = r / MR, off = r % MR;
-            const int rows = static_cast<int>(sk_min64(MR - off, r_end - r));
-            G::ukernel_for_rows(rows)(kc, ap + panel * k * MR + pc * MR + off, bpan, ct + (r - r_begin) * ldc + p * NR,
-                                      ldc, pc > 0);
-            r += rows;
-          }
-        }
+        for (int64_t p = 0; p < panels; ++p) rows_times_panel(r_begin, r_end, pc, kc, bp + p * kc * NR, ct + p * NR, ldc);
       }
       for (int64_t j = j0; j < j1; ++j) {
         float* dst = out + j * br * bc;
