@@ -211,7 +211,7 @@ static void test_bsr_isa(Isa isa, std::mt19937& rng) {
     }
     double es = rel_err(c1, cref);
     CHECK(es < 2e-6, "bsr_sddmm %s %dx%d k=%d rel err %.3g", isa_name(isa), int(br), int(bc), int(kk), es);
-    CHECK(std::memcmp(c1.data(), c2.data(), c1.size() * 4) == 0, "bsr_sddmm %s: threads differ", isa_name(isa));
+    CHECK(c1.empty() || std::memcmp(c1.data(), c2.data(), c1.size() * 4) == 0, "bsr_sddmm %s: threads differ", isa_name(isa));
   }
 }
 
