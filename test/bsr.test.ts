@@ -104,6 +104,16 @@ function weightCases(seed: number): Case[] {
       cases.push({ label: `W ${shape.join('×')} block ${br}×${bc} ${kind} (${W.nnzBlocks} blocks) tokens=${m}`, W, m });
     }
   }
+  // Wide W (in > 1024): several K slices per task, several token tiles per slice.
+  for (const [shape, block, m] of [
+    [[48, 3200], [16, 16], 70],
+    [[8, 3300], [4, 1], 37],
+    [[3, 3200], [1, 16], 100],
+    [[30, 3000], [3, 5], 20],
+  ] as [[number, number], [number, number], number][]) {
+    const W = makeBsr(rng, shape, block, pattern(rng, shape[0] / block[0], shape[1] / block[1], 'random', 0.3), 1 / Math.sqrt(shape[1]));
+    cases.push({ label: `W ${shape.join('×')} block ${block.join('×')} wide (${W.nnzBlocks} blocks) tokens=${m}`, W, m });
+  }
   return cases;
 }
 

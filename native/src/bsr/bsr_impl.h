@@ -71,10 +71,12 @@ constexpr int bsr_split_for(int accumulators) {
   return accumulators >= 8 ? 1 : accumulators >= 4 ? 2 : accumulators >= 3 ? 3 : 4;
 }
 
-// c[ROWS][NR] = Σ over the group's kept blocks of a_block[bc][ROWS]ᵀ · x_panel[cols·bc .. +bc][NR].
+// c[ROWS][NR] (+)= Σ over the given kept blocks of a_block[bc][ROWS]ᵀ · x_panel[cols·bc .. +bc][NR].
+// With `accumulate`, c's current values start the sums (the previous K slice's).
 template <class V, int ROWS, int NRV, int BC, int SPLIT>
 __attribute__((noinline)) void bsr_ukernel(int64_t nblocks, const int32_t* __restrict cols, const float* __restrict a,
-                                           const float* __restrict xp, int64_t bc_rt, float* __restrict c) {
+                                           const float* __restrict xp, int64_t bc_rt, float* __restrict c,
+                                           bool accumulate) {
   using T = typename V::T;
   constexpr int NR = NRV * V::W;
   const int64_t bc = BC > 0 ? BC : bc_rt;
@@ -85,9 +87,19 @@ __attribute__((noinline)) void bsr_ukernel(int64_t nblocks, const int32_t* __res
 #pragma GCC unroll 16
     for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 8
-      for (int j = 0; j < NRV; ++j) acc[s][i][j] = V::zero();
+      for (int j = 0; j < NRV; ++j) acc[s][i][j] = s == 0 && accumulate ? V::load(c + i * NR + j * V::W) : V::zero();
   for (int64_t blk = 0; blk < nblocks; ++blk) {
     const float* b = xp + static_cast<int64_t>(cols[blk]) * b_stride;
+#ifdef SK_BSR_PREFETCH
+    if (blk + 1 < nblocks) {
+      // The next block's x rows start at an unpredictable place in the panel.
+      const char* nx = reinterpret_cast<const char*>(xp + static_cast<int64_t>(cols[blk + 1]) * b_stride);
+      __builtin_prefetch(nx, 0, 3);
+      __builtin_prefetch(nx + 64, 0, 3);
+      __builtin_prefetch(nx + 128, 0, 3);
+      __builtin_prefetch(nx + 192, 0, 3);
+    }
+#endif
     if constexpr (SPLIT == 1) {
       gemm_ukernel_steps<V, ROWS, NRV, ROWS>(bc, a, b, acc[0]);
     } else {
@@ -199,9 +211,11 @@ struct BsrImpl {
   static constexpr int NR_MAX = (Cfg::kNrv[0] > Cfg::kNrv[1] ? (Cfg::kNrv[0] > Cfg::kNrv[2] ? Cfg::kNrv[0] : Cfg::kNrv[2])
                                                             : (Cfg::kNrv[1] > Cfg::kNrv[2] ? Cfg::kNrv[1] : Cfg::kNrv[2])) *
                                 W;
-  static constexpr int64_t kRun = 64;  // rows of y staged per write-out
-  using Ukernel = void (*)(int64_t, const int32_t*, const float*, const float*, int64_t, float*);
+  static constexpr int64_t kRun = 64;         // rows of y staged per write-out
+  static constexpr int64_t kTileFloats = 64;  // tokens staged per task (tiles × NR), ≥ NR_MAX
+  using Ukernel = void (*)(int64_t, const int32_t*, const float*, const float*, int64_t, float*, bool);
   using PackFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, float*);
+  static_assert(kTileFloats >= NR_MAX, "the stage holds at least one tile of the widest option");
 
   template <int NRV, int BC, int... Rs>
   static Ukernel pick_rows(int rows, std::integer_sequence<int, Rs...>) {
@@ -278,10 +292,27 @@ struct BsrImpl {
     Ukernel uks[RMAX];
     for (int r = 1; r <= RMAX && r <= gs.rows(0); ++r) uks[r - 1] = ukernel(opt, bc, r);
 
+    // Reuse of W: a task computes up to `tg` token tiles for the same rows,
+    // K slice by K slice, so a group's kept values for a slice are read from
+    // memory once and from L1 for the other tiles, while the tiles' x panel
+    // slices (tg · slice · NR floats) stay in L2. One tile needs no slicing.
+    // Slices end at fixed block columns (from k and the tile shape only), so
+    // the result does not depend on the thread count.
+    const int64_t tg = sk_min64(tiles, kTileFloats / nr);
+    const int64_t tile_groups = sk_ceil_div(tiles, tg);
+    const int64_t nbc = k / bc;
+    int64_t slice_blocks = nbc;
+    if (tg > 1) {
+      slice_blocks = Cfg::kPanelBytes / (tg * nr * 4) / bc;
+      if (slice_blocks < 1) slice_blocks = 1;
+      if (slice_blocks > nbc) slice_blocks = nbc;
+    }
+    const int64_t slices = sk_ceil_div(nbc, slice_blocks);
+
     // Row groups in row order, cut into chunks of about equal work (kept
     // k steps × rows, plus the store). Any cut gives the same bits.
     const int64_t groups = nbr * gs.count;
-    int64_t chunks = threads > 1 ? sk_ceil_div(static_cast<int64_t>(threads) * 8, tiles) : 1;
+    int64_t chunks = threads > 1 ? sk_ceil_div(static_cast<int64_t>(threads) * 8, tile_groups) : 1;
     if (chunks > groups) chunks = groups;
     if (chunks < 1) chunks = 1;
     ScratchArray<int64_t> bounds(chunks + 1);
@@ -306,42 +337,61 @@ struct BsrImpl {
     }
     const int64_t* bnd = bounds.data();
 
-    pool.parallel_for(tiles * chunks, [&](int64_t task, int) {
-      const int64_t tile = task / chunks, chunk = task % chunks;
+    pool.parallel_for(tile_groups * chunks, [&](int64_t task, int) {
+      const int64_t tgi = task / chunks, chunk = task % chunks;
       const int64_t g0 = bnd[chunk], g1 = bnd[chunk + 1];
       if (g0 >= g1) return;
-      const int64_t t0 = tile * nr;
-      const int64_t tv = sk_min64(nr, m - t0);  // valid tokens in the tile
-      const float* panel = xp + tile * k * nr;
-      // yᵀ of a run of consecutive rows is staged here, then written to y
-      // token by token as contiguous row segments. Writing each micro-tile
-      // straight to y would touch tv lines n floats apart per group, a few
-      // floats each: with n a multiple of 1024 they all fall into one L1 set
-      // and every partial line write misses.
-      alignas(64) float stage[(kRun + RMAX) * NR_MAX];
-      int64_t run0 = -1, run_rows = 0;
-      auto flush = [&]() {
-        float* yr = y + t0 * n + run0;
-        write_transposed(stage, nr, run_rows, tv, yr, n);
-        if (bias || act != Activation::kNone)
-          for (int64_t t = 0; t < tv; ++t) sk_epilogue_row(yr + t * n, bias ? bias + run0 : nullptr, run_rows, act);
-      };
-      for (int64_t gi = g0; gi < g1; ++gi) {
-        const int64_t R = gi / gs.count;
-        const int g = static_cast<int>(gi % gs.count);
-        const int rows = gs.rows(g);
-        const int64_t r0 = gs.first_row(g);
-        const int64_t p0 = w.row_ptr[R], nb = w.row_ptr[R + 1] - p0;
-        const float* a = w.packed + p0 * br * bc + r0 * nb * bc;
-        if (run_rows + rows > kRun && run_rows > 0) {
-          flush();
-          run_rows = 0;
+      const int64_t tile0 = tgi * tg, ntiles = sk_min64(tg, tiles - tile0);
+      // yᵀ of a run of consecutive rows, per tile, is staged here, then
+      // written to y token by token as contiguous row segments. Writing each
+      // micro-tile straight to y would touch tv lines n floats apart per group,
+      // a few floats each: with n a multiple of 1024 they all fall into one L1
+      // set and every partial line write misses.
+      alignas(64) float stage[kTileFloats * (kRun + RMAX)];
+      const int64_t stage_stride = (kRun + RMAX) * nr;  // floats per tile
+      int64_t cursor[kRun];                               // per group of the run: next block
+      for (int64_t ga = g0; ga < g1;) {
+        // The run: groups [ga, gb) with at most kRun rows in all.
+        int64_t gb = ga, run_rows = 0;
+        while (gb < g1 && run_rows + gs.rows(static_cast<int>(gb % gs.count)) <= kRun) {
+          run_rows += gs.rows(static_cast<int>(gb % gs.count));
+          ++gb;
         }
-        if (run_rows == 0) run0 = R * br + r0;
-        uks[rows - 1](nb, w.col_idx + p0, a, panel, bc, stage + run_rows * nr);
-        run_rows += rows;
+        const int64_t run0 = (ga / gs.count) * br + gs.first_row(static_cast<int>(ga % gs.count));
+        for (int64_t gi = ga; gi < gb; ++gi) cursor[gi - ga] = w.row_ptr[gi / gs.count];
+        for (int64_t sl = 0; sl < slices; ++sl) {
+          const int32_t col_end = static_cast<int32_t>(sk_min64(nbc, (sl + 1) * slice_blocks));
+          int64_t off = 0;  // row offset of the group in the run
+          for (int64_t gi = ga; gi < gb; ++gi) {
+            const int64_t R = gi / gs.count;
+            const int g = static_cast<int>(gi % gs.count);
+            const int rows = gs.rows(g);
+            const int64_t p0 = w.row_ptr[R], p1 = w.row_ptr[R + 1];
+            const int64_t lo = cursor[gi - ga];
+            int64_t hi = lo;
+            while (hi < p1 && w.col_idx[hi] < col_end) ++hi;
+            cursor[gi - ga] = hi;
+            if (hi == lo && sl > 0) {  // nothing kept in this slice: the sums stand
+              off += rows;
+              continue;
+            }
+            const float* a = w.packed + p0 * br * bc + gs.first_row(g) * (p1 - p0) * bc + (lo - p0) * bc * rows;
+            for (int64_t t = 0; t < ntiles; ++t)
+              uks[rows - 1](hi - lo, w.col_idx + lo, a, xp + (tile0 + t) * k * nr, bc, stage + t * stage_stride + off * nr,
+                            sl > 0);
+            off += rows;
+          }
+        }
+        for (int64_t t = 0; t < ntiles; ++t) {
+          const int64_t t0 = (tile0 + t) * nr;
+          const int64_t tv = sk_min64(nr, m - t0);  // valid tokens in the tile
+          float* yr = y + t0 * n + run0;
+          write_transposed(stage + t * stage_stride, nr, run_rows, tv, yr, n);
+          if (bias || act != Activation::kNone)
+            for (int64_t q = 0; q < tv; ++q) sk_epilogue_row(yr + q * n, bias ? bias + run0 : nullptr, run_rows, act);
+        }
+        ga = gb;
       }
-      if (run_rows > 0) flush();
     });
     return kBsrOk;
   }
