@@ -9,6 +9,17 @@ import { native, type IsaName, type RawInfo } from './native';
 export { linear, linearAsync, prepackLinear } from './dense';
 export type { LinearOptions, ActivationName, PackedLinear } from './dense';
 export {
+  BlockSparseMatrix,
+  prepackBsrLinear,
+  bsrLinear,
+  bsrLinearAsync,
+  bsrLinearTransposed,
+  bsrLinearTransposedAsync,
+  sddmm,
+  sddmmAsync,
+} from './bsr';
+export type { BlockSparseParts, FromDenseOptions, RandomBsrOptions, OutOption, PackedBsrLinear } from './bsr';
+export {
   prepackExperts,
   prepackGatedExperts,
   groupedLinear,
