@@ -21,6 +21,8 @@ export {
   combineAsync,
   expertsForward,
   expertsForwardAsync,
+  glu,
+  gluAsync,
 } from './experts';
 export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
 export { tensor, zeros, numel, randomTensor } from './tensor';
