@@ -4,6 +4,7 @@
 #include "args.h"
 #include "families.h"
 #include "sparsekit/dense.h"
+#include "sparsekit/nm.h"
 #include "sparsekit/runtime.h"
 #include "sparsekit/thread_pool.h"
 
@@ -35,6 +36,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("threads", ThreadPool::instance().num_threads());
   Napi::Object kernels = Napi::Object::New(env);
   kernels.Set("dense", dense_kernels(isa)->name);
+  if (const NmKernels* nk = nm_kernels(isa)) kernels.Set("nm", nk->name);
   o.Set("kernels", kernels);
   const CpuFeatures& f = cpu_features();
   Napi::Object feats = Napi::Object::New(env);
@@ -79,6 +81,7 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
   RegisterDense(env, exports);
   RegisterExperts(env, exports);
+  RegisterNM(env, exports);
   return exports;
 }
 

@@ -18,6 +18,7 @@ inline AddonData* addon_data(Napi::Env env) { return env.GetInstanceData<AddonDa
 
 void RegisterDense(Napi::Env env, Napi::Object exports);
 void RegisterExperts(Napi::Env env, Napi::Object exports);
+void RegisterNM(Napi::Env env, Napi::Object exports);
 
 }  // namespace binding
 }  // namespace sparsekit

@@ -25,6 +25,19 @@ export {
   gluAsync,
 } from './experts';
 export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
+export {
+  NMSparseMatrix,
+  nmMask,
+  isNM,
+  srsteGrad,
+  isTunedPattern,
+  prepackNM,
+  nmLinear,
+  nmLinearAsync,
+  nmLinearTransposed,
+  nmLinearTransposedAsync,
+} from './nm';
+export type { NMPattern, NMParts, Cutlass24, NMLinearOptions, PackedNMLinear } from './nm';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';

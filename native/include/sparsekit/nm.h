@@ -119,7 +119,7 @@ struct PackedNm {
   std::string kernel_name() const;
 };
 
-// Validates the indices, then packs for `isa`.
+// Copies the indices, validates the copy, then packs for `isa`.
 Status pack_nm(const NmShape& s, const float* values, const uint8_t* indices, Isa isa, std::shared_ptr<PackedNm>* out);
 
 struct NmLinearArgs {

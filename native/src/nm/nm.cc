@@ -74,30 +74,38 @@ Status pack_nm(const NmShape& s, const float* values, const uint8_t* indices, Is
   if (!st.ok()) return st;
   const NmKernels* kern = nm_kernels(isa);
   if (!kern || !isa_supported(isa)) return Status::Invalid(std::string("no N:M kernel for ISA ") + isa_name(isa));
-  st = nm_validate_indices(s, indices);
+  const Status oom = Status::Oom("out of memory packing the N:M weight");
+  // Validate a private copy of the indices: the caller's array may change
+  // under us (an async call's inputs stay writable from JS), and the kernels
+  // trust what was validated.
+  const int64_t ib = nm_index_bytes_per_row(s);
+  AlignedBuffer<uint8_t> idx;
+  if (!idx.resize(size_t(s.rows * ib))) return oom;
+  std::memcpy(idx.data(), indices, size_t(s.rows * ib));
+  st = nm_validate_indices(s, idx.data());
   if (!st.ok()) return st;
   auto p = std::shared_ptr<PackedNm>(new (std::nothrow) PackedNm());
-  if (!p) return Status::Oom("out of memory packing the N:M weight");
+  if (!p) return oom;
   p->kernels = kern;
   p->shape = s;
   p->tuned = nm_is_tuned(s.n, s.m);
   p->bits = nm_index_bits(s.m);
   p->kept = nm_kept_per_row(s);
   p->vstride = (p->kept + 15) / 16 * 16;
-  const int64_t ib = nm_index_bytes_per_row(s);
   p->mstride = p->tuned ? (ib + 3 + 3) / 4 * 4 : 0;
-  if (!p->values.resize_zeroed(size_t(s.rows * p->vstride))) return Status::Oom("out of memory packing the N:M weight");
+  if (!p->values.resize_zeroed(size_t(s.rows * p->vstride))) return oom;
   if (p->tuned) {
-    if (!p->meta.resize_zeroed(size_t(s.rows * p->mstride))) return Status::Oom("out of memory packing the N:M weight");
+    if (!p->meta.resize_zeroed(size_t(s.rows * p->mstride))) return oom;
   } else {
-    if (!p->cols.resize_zeroed(size_t(s.rows * p->vstride))) return Status::Oom("out of memory packing the N:M weight");
+    if (!p->cols.resize_zeroed(size_t(s.rows * p->vstride))) return oom;
   }
   PackedNm& w = *p;
+  const uint8_t* checked = idx.data();
   const int64_t per = 256;
   ThreadPool::instance().parallel_for((s.rows + per - 1) / per, [&](int64_t t, int) {
     for (int64_t r = t * per; r < s.rows && r < (t + 1) * per; ++r) {
       std::memcpy(w.values.data() + r * w.vstride, values + r * w.kept, size_t(w.kept) * 4);
-      const uint8_t* ir = indices + r * ib;
+      const uint8_t* ir = checked + r * ib;
       if (w.tuned) {
         std::memcpy(w.meta.data() + r * w.mstride, ir, size_t(ib));
       } else {

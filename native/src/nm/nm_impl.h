@@ -54,6 +54,12 @@ namespace {  // internal linkage: see simd.h
 SK_INLINE int64_t nm_min(int64_t a, int64_t b) { return a < b ? a : b; }
 SK_INLINE int64_t nm_max(int64_t a, int64_t b) { return a > b ? a : b; }
 SK_INLINE int64_t nm_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// a + b through the traits' FMA (a·1 + b rounds exactly like a + b).
+template <class V>
+SK_INLINE typename V::T nm_add(typename V::T a, typename V::T b) {
+  const float one = 1.f;
+  return V::fma(a, V::bcast(&one), b);
+}
 constexpr int nm_bits_of(int m) { return m <= 2 ? 1 : m <= 4 ? 2 : m <= 8 ? 3 : 4; }
 
 // ---- patterns: where each kept value's column is -----------------------------
@@ -218,17 +224,23 @@ struct NmSmall<Avx512Vec> : NmSmallYmm {};
 // ---- kernel B: gather-FMA register tile ---------------------------------------
 //
 // acc[R rows][TV vectors of tokens] (+)= Σ_j v[r][j] · xp[col(r, j)] over the
-// chunks [c0, c1) and the tail values [jt0, jt1).
-template <class V, class P, int R, int TV>
+// chunks [c0, c1) and the tail values [jt0, jt1). With S = 2 each row keeps
+// two chains (even and odd values of a chunk), added once at the end: narrow
+// tiles (TV = 1) need the extra independent FMAs, and more rows would need
+// more integer registers (pointers, index words) than x86-64 has.
+template <class V, class P, int R, int TV, int S>
 __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, int64_t c1, int64_t jt0, int64_t jt1,
                                        const float* __restrict xp, float* __restrict acc_io, bool load) {
   using T = typename V::T;
   constexpr int W = V::W, TT = TV * W;
-  T acc[R][TV];
+  T acc[S][R][TV];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) acc[r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
+    for (int v = 0; v < TV; ++v) {
+      acc[0][r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
+      if (S > 1) acc[S - 1][r][v] = V::zero();
+    }
   for (int64_t c = c0; c < c1; ++c) {
     uint32_t word[R];
 #pragma GCC unroll 16
@@ -240,7 +252,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
         const float* xr = xp + P::col(rows[r], c, word[r], l) * TT;
         T b = V::bcast(rows[r].v + c * 8 + l);
 #pragma GCC unroll 16
-        for (int v = 0; v < TV; ++v) acc[r][v] = V::fma(b, V::load(xr + v * W), acc[r][v]);
+        for (int v = 0; v < TV; ++v) acc[l % S][r][v] = V::fma(b, V::load(xr + v * W), acc[l % S][r][v]);
       }
     }
   }
@@ -250,13 +262,13 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
       const float* xr = xp + P::col_of(rows[r], j) * TT;
       T b = V::bcast(rows[r].v + j);
 #pragma GCC unroll 16
-      for (int v = 0; v < TV; ++v) acc[r][v] = V::fma(b, V::load(xr + v * W), acc[r][v]);
+      for (int v = 0; v < TV; ++v) acc[0][r][v] = V::fma(b, V::load(xr + v * W), acc[0][r][v]);
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) V::store(acc_io + r * TT + v * W, acc[r][v]);
+    for (int v = 0; v < TV; ++v) V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
 }
 
 // dst[tile][k][TT] = src[tile·TT + t][k] (zero past m): token tiles transposed
@@ -282,7 +294,7 @@ template <class Cfg>
 struct NmDriver {
   using V = typename Cfg::V;
   static constexpr int W = V::W;
-  static constexpr int64_t kMC = 96;  // rows per block: a multiple of every R below
+  static constexpr int64_t kMC = 96;  // rows per block: a multiple of every R below (4, 3, 2, 1)
 
   // ---- forward
 
@@ -336,7 +348,7 @@ struct NmDriver {
     }
   }
 
-  template <class P, int R, int TV>
+  template <class P, int R, int TV, int S>
   static bool run_tiled(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
     constexpr int TT = TV * W;
     const int64_t rows = w.shape.rows, K = w.shape.cols, kept = w.kept, chunks = kept / 8;
@@ -385,7 +397,7 @@ struct NmDriver {
             if (xnext)
               for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
             float* acc = scratch + ((tt - t0) * kMC + (p - r0)) * TT;
-            nm_tile<V, P, R, TV>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
+            nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
           }
         }
       }
@@ -404,10 +416,10 @@ struct NmDriver {
     return !scr.failed;
   }
 
-  // Register tiles (R rows × TV vectors), ≤ 12 accumulators. The largest TV
-  // allowed falls with density: a column block's xp slice must stay in L1, so
-  // sparser patterns get fewer values per block, and the accumulator
-  // load/store per block must stay small against the FMAs.
+  // Register tiles (R rows × TV vectors of tokens). The largest TV allowed
+  // falls with density: a column block's xp slice must stay in L1, so sparser
+  // patterns get fewer values per block, and the accumulator load/store per
+  // block must stay small against the FMAs.
   static int tile_tv(int64_t m, int n, int mm) {
     if (const char* e = getenv("SK_NM_TV")) return atoi(e);  // TEMP experiment
     const int64_t need = nm_cdiv(m, W);
@@ -425,25 +437,37 @@ struct NmDriver {
     return best;
   }
 
-  static bool use_small(int64_t m, int n, int mm) {
-    // 1:8-like patterns gather one window per value; kernel B wins from 2 tokens.
-    return m == 1 || (m == 2 && 8 / n * mm / 8 <= 4);
+  // Tokens up to which the row-streaming kernel beats the tiles: it pays per
+  // token a few window loads and permutes per 8 values, the tiles a broadcast
+  // and one FMA per value whatever the token count (up to a vector).
+  template <class P>
+  static int64_t small_tokens() {
+    if constexpr (P::kTuned) {
+      constexpr int win = P::CC / 8;
+      return win <= 2 ? 4 : win <= 4 ? 2 : 1;
+    } else {
+      return 2;
+    }
   }
 
   template <class P>
   static bool forward(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
     const int n = w.shape.n, mm = w.shape.m;
-    if (use_small(m, n, mm)) {
-      if (m == 1) run_small<P, 1>(w, x, m, bias, act, y);
-      else run_small<P, 2>(w, x, m, bias, act, y);
+    if (m <= small_tokens<P>()) {
+      switch (m) {
+        case 1: run_small<P, 1>(w, x, m, bias, act, y); break;
+        case 2: run_small<P, 2>(w, x, m, bias, act, y); break;
+        case 3: run_small<P, 3>(w, x, m, bias, act, y); break;
+        default: run_small<P, 4>(w, x, m, bias, act, y); break;
+      }
       return true;
     }
     switch (tile_tv(m, n, mm)) {
-      case 1: return run_tiled<P, 12, 1>(w, x, m, bias, act, y);
-      case 2: return run_tiled<P, 6, 2>(w, x, m, bias, act, y);
-      case 4: return run_tiled<P, 3, 4>(w, x, m, bias, act, y);
-      case 6: return run_tiled<P, 2, 6>(w, x, m, bias, act, y);
-      default: return run_tiled<P, 1, 8>(w, x, m, bias, act, y);
+      case 1: return run_tiled<P, 4, 1, 2>(w, x, m, bias, act, y);
+      case 2: return run_tiled<P, 4, 2, 1>(w, x, m, bias, act, y);
+      case 4: return run_tiled<P, 3, 4, 1>(w, x, m, bias, act, y);
+      case 6: return run_tiled<P, 2, 6, 1>(w, x, m, bias, act, y);
+      default: return run_tiled<P, 1, 8, 1>(w, x, m, bias, act, y);
     }
   }
 
