@@ -20,6 +20,7 @@ void RegisterDense(Napi::Env env, Napi::Object exports);
 void RegisterBsr(Napi::Env env, Napi::Object exports);
 void RegisterExperts(Napi::Env env, Napi::Object exports);
 void RegisterRouting(Napi::Env env, Napi::Object exports);
+void RegisterNM(Napi::Env env, Napi::Object exports);
 
 }  // namespace binding
 }  // namespace sparsekit

@@ -56,6 +56,19 @@ export type {
   DropPolicy,
   RoutingPresetName,
 } from './routing';
+export {
+  NMSparseMatrix,
+  nmMask,
+  isNM,
+  srsteGrad,
+  isTunedPattern,
+  prepackNM,
+  nmLinear,
+  nmLinearAsync,
+  nmLinearTransposed,
+  nmLinearTransposedAsync,
+} from './nm';
+export type { NMPattern, NMParts, Cutlass24, NMLinearOptions, PackedNMLinear } from './nm';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';

@@ -26,6 +26,34 @@ export interface PackedLinear {
   readonly bytes: number;
 }
 
+/** Opaque N:M weight packed once for the N:M kernels (see prepackNM). */
+export interface PackedNMLinear {
+  /** Rows of W (out). */
+  readonly outFeatures: number;
+  /** Columns of W (in). */
+  readonly inFeatures: number;
+  readonly n: number;
+  readonly m: number;
+  /** Instruction set whose kernels it was packed for. */
+  readonly isa: IsaName;
+  /** Kernel that will run it, e.g. f32-nm2:4-avx2 (f32-nm-generic-avx2 for untuned patterns). */
+  readonly kernel: string;
+  /** Bytes held in native memory (with alignment padding). */
+  readonly bytes: number;
+  /** Bytes of weight a call reads from memory: values and index data, once. */
+  readonly bytesPerCall: number;
+}
+
+/** What the N:M functions accept as a matrix: NMSparseMatrix has exactly these fields. */
+export interface NativeNMParts {
+  rows: number;
+  cols: number;
+  n: number;
+  m: number;
+  values: Float32Array;
+  indices: Uint8Array;
+}
+
 export interface NativeLinearOptions {
   bias?: Float32Array | Float32Tensor | null;
   activation?: ActivationName;
@@ -70,7 +98,7 @@ export interface RawInfo {
   supportedIsas: IsaName[];
   compiledIsas: IsaName[];
   threads: number;
-  kernels: { dense: string; routing?: string; bsr: string };
+  kernels: { dense: string; routing?: string; bsr: string; nm?: string };
   cpu: Record<string, boolean>;
 }
 
@@ -129,6 +157,23 @@ export interface NativeBinding {
     options?: RouteOptions,
   ): Promise<Float32Tensor>;
   updateSelectionBias(bias: Float32Array | Float32Tensor, tokensPerExpert: Int32Array, gamma: number): Float32Array;
+  nmPrune(w: Float32Tensor, n: number, m: number): { values: Float32Array; indices: Uint8Array };
+  nmFromMask(w: Float32Tensor, mask: Float32Tensor, n: number, m: number): { values: Float32Array; indices: Uint8Array };
+  nmValidate(parts: NativeNMParts): void;
+  nmToDense(parts: NativeNMParts): Float32Tensor;
+  nmMaskOf(parts: NativeNMParts): Float32Tensor;
+  nmPruneMask(w: Float32Tensor, n: number, m: number): Float32Tensor;
+  nmIsNM(a: Float32Tensor, n: number, m: number): boolean;
+  nmIsTuned(n: number, m: number): boolean;
+  srsteGrad(grad: Float32Tensor, w: Float32Tensor, mask: Float32Tensor, lambda: number, options?: { out?: Float32Array | null }): Float32Tensor;
+  nmRandom(rows: number, cols: number, n: number, m: number, seed: number, scale: number): { values: Float32Array; indices: Uint8Array };
+  nmToCutlass24(parts: NativeNMParts, dtype: 'float16' | 'bfloat16'): { values: Uint16Array; meta: Int16Array };
+  nmFromCutlass24(values: Uint16Array, meta: Int16Array | Uint16Array, rows: number, cols: number, dtype: 'float16' | 'bfloat16'): { values: Float32Array; indices: Uint8Array };
+  prepackNM(parts: NativeNMParts): PackedNMLinear;
+  nmLinear(x: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: NativeLinearOptions): Float32Tensor;
+  nmLinearAsync(x: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
+  nmLinearTransposed(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Float32Tensor;
+  nmLinearTransposedAsync(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
 }
 
 export interface GroupedNativeOptions {
