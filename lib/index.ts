@@ -119,3 +119,5 @@ export type { TensorInfo, TensorToSave } from './safetensors';
 
 export { MoELayer, moePresets } from './moe';
 export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';
+export { SparseExperts, sparseExpertsForward, sparsePlainExpertsForward } from './sparse-experts';
+export type { SparseExpertFormat } from './sparse-experts';
