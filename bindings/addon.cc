@@ -81,6 +81,7 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
   RegisterDense(env, exports);
   RegisterRouting(env, exports);
+  RegisterExperts(env, exports);
   return exports;
 }
 

@@ -4,6 +4,7 @@
 #include "args.h"
 #include "async.h"
 #include "families.h"
+#include "handle.h"
 #include "sparsekit/dense.h"
 #include "sparsekit/runtime.h"
 
@@ -12,42 +13,15 @@ namespace binding {
 
 namespace {
 
-// Opaque handle to a packed weight. The shared_ptr is copied into async work,
-// so collecting the handle while a call runs is safe.
-class PackedLinearWrap : public Napi::ObjectWrap<PackedLinearWrap> {
- public:
-  static void Init(Napi::Env env, Napi::Object exports) {
-    Napi::Function f = DefineClass(env, "PackedLinear",
-                                   {InstanceAccessor<&PackedLinearWrap::OutFeatures>("outFeatures"),
-                                    InstanceAccessor<&PackedLinearWrap::InFeatures>("inFeatures"),
-                                    InstanceAccessor<&PackedLinearWrap::Isa>("isa"),
-                                    InstanceAccessor<&PackedLinearWrap::Kernel>("kernel"),
-                                    InstanceAccessor<&PackedLinearWrap::Bytes>("bytes")});
-    addon_data(env)->packed_linear_ctor = Napi::Persistent(f);
-    exports.Set("PackedLinear", f);
-  }
-  explicit PackedLinearWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PackedLinearWrap>(info) {
-    // Only prepackLinear may make one: it passes an External holding the weight.
-    if (info.Length() != 1 || !info[0].IsExternal())
-      throw_type(info.Env(), "PackedLinear", "use prepackLinear(W) to make a packed weight");
-    packed = *info[0].As<Napi::External<std::shared_ptr<PackedLinear>>>().Data();
-  }
-  static bool Is(const Napi::Value& v) {
-    if (!v.IsObject()) return false;
-    AddonData* d = addon_data(v.Env());
-    return d && !d->packed_linear_ctor.IsEmpty() && v.As<Napi::Object>().InstanceOf(d->packed_linear_ctor.Value());
-  }
-  std::shared_ptr<PackedLinear> packed;
+using PackedLinearHandle = Handle<PackedLinear>;
 
- private:
-  Napi::Value OutFeatures(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(packed->n)); }
-  Napi::Value InFeatures(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(packed->k)); }
-  Napi::Value Isa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), isa_name(packed->kernels->isa)); }
-  Napi::Value Kernel(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), packed->kernels->name); }
-  Napi::Value Bytes(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), double(packed_w_floats(*packed->kernels, packed->n, packed->k)) * 4);
-  }
-};
+void DescribePackedLinear(Napi::Env env, Napi::Object& o, const PackedLinear& p) {
+  PackedLinearHandle::Prop(o, "outFeatures", Napi::Number::New(env, double(p.n)));
+  PackedLinearHandle::Prop(o, "inFeatures", Napi::Number::New(env, double(p.k)));
+  PackedLinearHandle::Prop(o, "isa", Napi::String::New(env, isa_name(p.kernels->isa)));
+  PackedLinearHandle::Prop(o, "kernel", Napi::String::New(env, p.kernels->name));
+  PackedLinearHandle::Prop(o, "bytes", Napi::Number::New(env, double(packed_w_floats(*p.kernels, p.n, p.k)) * 4));
+}
 
 const char* kWShape = "[out, in]";
 
@@ -57,10 +31,7 @@ Napi::Value PrepackLinear(const Napi::CallbackInfo& info) {
   auto w = get_tensor<float>(env, fn, "W", info[0], 2, kWShape);
   std::shared_ptr<PackedLinear> packed;
   throw_if_error(env, fn, pack_linear(w.data(), w.dim(0), w.dim(1), active_isa(), &packed));
-  auto ext = Napi::External<std::shared_ptr<PackedLinear>>::New(
-      env, new std::shared_ptr<PackedLinear>(std::move(packed)),
-      [](Napi::Env, std::shared_ptr<PackedLinear>* p) { delete p; });
-  return addon_data(env)->packed_linear_ctor.New({ext});
+  return PackedLinearHandle::Wrap(env, std::move(packed), DescribePackedLinear);
 }
 
 // linear(x, W | PackedLinear, options?) with options { bias, activation, out }.
@@ -73,8 +44,8 @@ Napi::Value LinearImpl(const Napi::CallbackInfo& info, bool async) {
   std::shared_ptr<PackedLinear> packed;
   TensorArg<float> w;
   int64_t n;
-  if (PackedLinearWrap::Is(info[1])) {
-    packed = PackedLinearWrap::Unwrap(info[1].As<Napi::Object>())->packed;
+  if (PackedLinearHandle::Is(info[1])) {
+    packed = PackedLinearHandle::Get(env, fn, "W", info[1]);
     n = packed->n;
     if (packed->k != k)
       throw_range(env, fn, "W was packed for in = " + std::to_string(packed->k) + " but x has in = " + std::to_string(k) +
@@ -129,7 +100,7 @@ Napi::Value LinearAsync(const Napi::CallbackInfo& info) { return LinearImpl(info
 }  // namespace
 
 void RegisterDense(Napi::Env env, Napi::Object exports) {
-  PackedLinearWrap::Init(env, exports);
+  PackedLinearHandle::Init(env, exports, "PackedLinear", "use prepackLinear(W) to make a packed weight");
   exports.Set("prepackLinear", Napi::Function::New(env, PrepackLinear, "prepackLinear"));
   exports.Set("linear", Napi::Function::New(env, Linear, "linear"));
   exports.Set("linearAsync", Napi::Function::New(env, LinearAsync, "linearAsync"));

@@ -2,18 +2,23 @@
 #pragma once
 #include <napi.h>
 
+#include <map>
+#include <string>
+
 namespace sparsekit {
 namespace binding {
 
 // Per-environment state (Node worker threads each load the addon anew).
 struct AddonData {
-  Napi::FunctionReference packed_linear_ctor;
+  // Constructors of the opaque handle classes (handle.h), by class name.
+  std::map<std::string, Napi::FunctionReference> handle_ctors;
 };
 
 inline AddonData* addon_data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 
 void RegisterDense(Napi::Env env, Napi::Object exports);
 void RegisterRouting(Napi::Env env, Napi::Object exports);
+void RegisterExperts(Napi::Env env, Napi::Object exports);
 
 }  // namespace binding
 }  // namespace sparsekit

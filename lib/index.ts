@@ -28,6 +28,21 @@ export type {
   DropPolicy,
   RoutingPresetName,
 } from './routing';
+export {
+  prepackExperts,
+  prepackGatedExperts,
+  groupedLinear,
+  groupedLinearAsync,
+  groupedGatedLinear,
+  groupedGatedLinearAsync,
+  permute,
+  permuteAsync,
+  combine,
+  combineAsync,
+  expertsForward,
+  expertsForwardAsync,
+} from './experts';
+export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';
@@ -72,3 +87,6 @@ export function getNumThreads(): number {
 export function setIsa(isa: IsaName): void {
   native.setIsa(isa);
 }
+
+export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MAX_HEADER_BYTES } from './safetensors';
+export type { TensorInfo, TensorToSave } from './safetensors';

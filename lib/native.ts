@@ -9,6 +9,7 @@
 import * as path from 'node:path';
 import type { Float32Tensor } from './tensor';
 import type { RouteOptions, RoutingPlan } from './routing';
+import type { PackedExperts, ExpertPlan } from './experts';
 
 export type ActivationName = 'none' | 'relu' | 'gelu' | 'gelu_tanh' | 'silu';
 export type IsaName = 'scalar' | 'avx2' | 'avx512' | 'neon';
@@ -65,6 +66,24 @@ export interface NativeBinding {
     options?: RouteOptions,
   ): Promise<Float32Tensor>;
   updateSelectionBias(bias: Float32Array | Float32Tensor, tokensPerExpert: Int32Array, gamma: number): Float32Array;
+
+  prepackExperts(w: Float32Tensor, options?: { bias?: Float32Tensor | null }): PackedExperts;
+  prepackGatedExperts(gate: Float32Tensor, up?: Float32Tensor): PackedExperts;
+  groupedLinear(xs: Float32Tensor, offsets: Int32Array, w: PackedExperts, options?: GroupedNativeOptions): Float32Tensor;
+  groupedLinearAsync(xs: Float32Tensor, offsets: Int32Array, w: PackedExperts, options?: GroupedNativeOptions): Promise<Float32Tensor>;
+  groupedGatedLinear(xs: Float32Tensor, offsets: Int32Array, w: PackedExperts, options?: GroupedNativeOptions): Float32Tensor;
+  groupedGatedLinearAsync(xs: Float32Tensor, offsets: Int32Array, w: PackedExperts, options?: GroupedNativeOptions): Promise<Float32Tensor>;
+  permute(x: Float32Tensor, sortedSlots: Int32Array, k: number, options?: { out?: Float32Array | null }): Float32Tensor;
+  permuteAsync(x: Float32Tensor, sortedSlots: Int32Array, k: number, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
+  combine(ys: Float32Tensor, sortedSlots: Int32Array, weights: Float32Array, k: number, options?: { out?: Float32Array | null }): Float32Tensor;
+  combineAsync(ys: Float32Tensor, sortedSlots: Int32Array, weights: Float32Array, k: number, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
+  expertsForward(x: Float32Tensor, plan: ExpertPlan, gateUp: PackedExperts, down: PackedExperts, options?: GroupedNativeOptions): Float32Tensor;
+  expertsForwardAsync(x: Float32Tensor, plan: ExpertPlan, gateUp: PackedExperts, down: PackedExperts, options?: GroupedNativeOptions): Promise<Float32Tensor>;
+}
+
+export interface GroupedNativeOptions {
+  activation?: ActivationName;
+  out?: Float32Array | null;
 }
 
 function load(): NativeBinding {

@@ -60,6 +60,18 @@ static void test_pool() {
     pool.parallel_for(4, [&](int64_t, int) { pool.parallel_for(3, [&](int64_t, int) { inner++; }); });
     CHECK(inner.load() == 12, "nested parallel_for ran %d of 12", inner.load());
   }
+  // Resizing then immediately running: new workers must not miss the first job.
+  std::atomic<int64_t> total{0};
+  for (int rep = 0; rep < 300; ++rep) {
+    pool.set_num_threads(1 + rep % 3);
+    pool.parallel_for(7, [&](int64_t t, int) { total += t; });
+  }
+  CHECK(total.load() == 300 * 21, "resize + run lost tasks: %lld", static_cast<long long>(total.load()));
+  // Back-to-back jobs (workers still spinning from the previous one).
+  std::atomic<int64_t> count{0};
+  pool.set_num_threads(2);
+  for (int rep = 0; rep < 5000; ++rep) pool.parallel_for(3, [&](int64_t, int) { count++; });
+  CHECK(count.load() == 15000, "back-to-back jobs ran %lld of 15000 tasks", static_cast<long long>(count.load()));
   pool.set_num_threads(default_num_threads());
 }
 

@@ -23,6 +23,13 @@ struct DenseKernels {
   // packed_x_floats(m, k) floats, 64-byte aligned.
   void (*gemm)(const float* x, int64_t m, int64_t k, const float* w_packed, int64_t n, const float* bias,
                Activation act, float* y, float* workspace);
+  // Grouped over experts: rows offsets[e]..offsets[e+1] of xs times W_eᵀ
+  // (+ bias_e), or act(xs·W1_eᵀ) ⊙ (xs·W3_eᵀ) when w3_packed is set. Each
+  // expert's packed weight is w_stride floats; `workspace` holds
+  // Σ_e ceil(rows_e/mr)·mr·k floats.
+  void (*grouped_gemm)(const float* xs, const int32_t* offsets, int64_t n_experts, int64_t k,
+                       const float* w_packed, const float* w3_packed, int64_t w_stride, int64_t n, const float* bias,
+                       Activation act, float* y, float* workspace);
 };
 
 // nullptr when this binary has no variant for `isa`.

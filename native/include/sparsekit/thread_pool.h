@@ -41,7 +41,7 @@ class ThreadPool {
   void run(int64_t n_tasks, TaskFn fn, void* ctx);
   void start_workers(int n_workers);
   void stop_workers();
-  void worker_loop(int worker_index);
+  void worker_loop(int worker_index, uint64_t seen);
   void drain(int worker_index);
 
   std::mutex run_mutex_;  // one job at a time
@@ -55,10 +55,11 @@ class ThreadPool {
   void* ctx_ = nullptr;
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_{0};
-  std::atomic<int64_t> done_{0};
-  uint64_t generation_ = 0;
-  int active_workers_ = 0;  // workers still inside the current job
-  bool stopping_ = false;
+  // Published (release) after the job fields above; workers spin on it for a
+  // short while before sleeping, so back-to-back calls don't pay a wake-up.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> active_workers_{0};  // workers still inside the current job
+  std::atomic<bool> stopping_{false};
 };
 
 int default_num_threads();

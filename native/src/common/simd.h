@@ -141,5 +141,12 @@ SK_INLINE void sk_epilogue_row(float* __restrict y, const float* __restrict bias
   }
 }
 
+// Gated-linear-unit store: h[j] = act(h[j]) · g[j] (SwiGLU with silu, GeGLU
+// with gelu/gelu_tanh; relu gives ReGLU; none gives the bilinear GLU).
+SK_INLINE void sk_gate_row(float* __restrict h, const float* __restrict g, int64_t n, Activation act) {
+  sk_epilogue_row(h, nullptr, n, act);
+  for (int64_t j = 0; j < n; ++j) h[j] *= g[j];
+}
+
 }  // namespace
 }  // namespace sparsekit

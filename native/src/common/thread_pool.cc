@@ -2,10 +2,23 @@
 
 #include <cstdlib>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define SK_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define SK_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define SK_CPU_RELAX() ((void)0)
+#endif
+
 namespace sparsekit {
 
 namespace {
 thread_local bool tl_inside_task = false;
+// Spin iterations (~30–50 µs) before a worker sleeps or the caller blocks.
+// Kernels on a busy event loop are called back to back; waking a sleeping
+// thread costs tens of microseconds, which small ops cannot afford.
+constexpr int kSpinIterations = 2000;
 }
 
 int default_num_threads() {
@@ -33,14 +46,17 @@ ThreadPool::ThreadPool() {
 ThreadPool::~ThreadPool() { stop_workers(); }
 
 void ThreadPool::start_workers(int n_workers) {
-  stopping_ = false;
-  for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, i] { worker_loop(i + 1); });
+  stopping_.store(false);
+  // Workers start from the generation current now: a job published before a
+  // new thread gets to run must still count as new to it.
+  uint64_t g = generation_.load(std::memory_order_acquire);
+  for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this, i, g] { worker_loop(i + 1, g); });
 }
 
 void ThreadPool::stop_workers() {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    stopping_ = true;
+    stopping_.store(true);
   }
   cv_work_.notify_all();
   for (auto& t : workers_) t.join();
@@ -66,19 +82,20 @@ void ThreadPool::drain(int worker_index) {
   tl_inside_task = false;
 }
 
-void ThreadPool::worker_loop(int worker_index) {
-  uint64_t seen = 0;
+void ThreadPool::worker_loop(int worker_index, uint64_t seen) {
   for (;;) {
-    {
+    for (int i = 0; i < kSpinIterations && generation_.load(std::memory_order_acquire) == seen && !stopping_.load(); ++i)
+      SK_CPU_RELAX();
+    if (generation_.load(std::memory_order_acquire) == seen) {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_work_.wait(lk, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
+      cv_work_.wait(lk, [&] { return stopping_.load() || generation_.load(std::memory_order_acquire) != seen; });
     }
+    if (stopping_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
     drain(worker_index);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--active_workers_ == 0) cv_done_.notify_one();
+    if (active_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lk(mu_);  // pairs with the caller's predicate check
+      cv_done_.notify_one();
     }
   }
 }
@@ -107,13 +124,14 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void* ctx) {
     ctx_ = ctx;
     n_tasks_ = n_tasks;
     next_.store(0, std::memory_order_relaxed);
-    active_workers_ = n_workers;
-    ++generation_;
+    active_workers_.store(n_workers, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   cv_work_.notify_all();
   drain(0);
+  for (int i = 0; i < kSpinIterations && active_workers_.load(std::memory_order_acquire) != 0; ++i) SK_CPU_RELAX();
   std::unique_lock<std::mutex> lk(mu_);
-  cv_done_.wait(lk, [&] { return active_workers_ == 0; });
+  cv_done_.wait(lk, [&] { return active_workers_.load(std::memory_order_acquire) == 0; });
   fn_ = nullptr;
   ctx_ = nullptr;
 }

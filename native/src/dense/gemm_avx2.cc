@@ -14,7 +14,7 @@ struct GemmCfg_avx2 {
   static constexpr int NC_PANELS_MAX = 32;
 };
 using G = Gemm<GemmCfg_avx2>;
-const DenseKernels kKernels = {Isa::kAvx2, "f32-gemm-6x16-avx2-fma", G::MR, G::NR, &G::pack_w, &G::gemm};
+const DenseKernels kKernels = {Isa::kAvx2, "f32-gemm-6x16-avx2-fma", G::MR, G::NR, &G::pack_w, &G::gemm, &G::grouped_gemm};
 }  // namespace
 
 const DenseKernels* dense_kernels_avx2() { return &kKernels; }

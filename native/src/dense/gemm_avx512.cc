@@ -14,7 +14,7 @@ struct GemmCfg_avx512 {
   static constexpr int NC_PANELS_MAX = 16;
 };
 using G = Gemm<GemmCfg_avx512>;
-const DenseKernels kKernels = {Isa::kAvx512, "f32-gemm-8x32-avx512f", G::MR, G::NR, &G::pack_w, &G::gemm};
+const DenseKernels kKernels = {Isa::kAvx512, "f32-gemm-8x32-avx512f", G::MR, G::NR, &G::pack_w, &G::gemm, &G::grouped_gemm};
 }  // namespace
 
 const DenseKernels* dense_kernels_avx512() { return &kKernels; }

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "../common/simd.h"
+#include "sparsekit/memory.h"
 #include "sparsekit/thread_pool.h"
 
 namespace sparsekit {
@@ -24,6 +25,20 @@ namespace {  // internal linkage: see simd.h
 
 SK_INLINE int64_t sk_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 SK_INLINE int64_t sk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A heap array with internal linkage. ISA-specific files avoid std containers:
+// their inline members would be compiled with this file's -m flags and could be
+// the copy the linker keeps for every other file too.
+template <class T>
+struct LocalArray {
+  explicit LocalArray(int64_t n) : p(new T[n > 0 ? n : 1]) {}
+  ~LocalArray() { delete[] p; }
+  LocalArray(const LocalArray&) = delete;
+  LocalArray& operator=(const LocalArray&) = delete;
+  T& operator[](int64_t i) { return p[i]; }
+  const T& operator[](int64_t i) const { return p[i]; }
+  T* p;
+};
 
 // Micro-kernel: c[MR, NRV·W] (+)= a[kc][MR_STEP] · b[kc][NRV·W].
 template <class V, int MR, int NRV, int MR_STEP>
@@ -141,36 +156,29 @@ struct Gemm {
     return p;
   }
 
-  // One task: rows [i0, i1) × columns [j0, j1) of y, all of k.
-  static void block(const Plan& pl, const float* xp, const float* wp, const float* bias, Activation act, float* y,
-                    int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    const int64_t k = pl.k, n = pl.n;
-    alignas(64) float tmp[MR * NR];
-    auto tile = [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
-      int rows = static_cast<int>(sk_min64(MR, i1 - ir));
-      int64_t cols = sk_min64(NR, n - jr);
-      const float* a = xp + (ir / MR) * k * MR + pc * MR;
-      const float* b = wp + (jr / NR) * k * NR + pc * NR;
-      float* c = y + ir * n + jr;
-      bool acc = pc > 0;
-      bool last = pc + kc >= k;
-      Ukernel uk = ukernel_for_rows(rows);
-      if (cols == NR) {
-        uk(kc, a, b, c, n, acc);
-        if (last && (bias || act != Activation::kNone))
-          for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, NR, act);
-      } else {
-        // Right edge: run the full-width kernel on a scratch tile.
-        if (acc)
-          for (int i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < NR; ++j) tmp[i * NR + j] = j < cols ? c[i * n + j] : 0.f;
-        uk(kc, a, b, tmp, NR, acc);
-        for (int i = 0; i < rows; ++i) {
-          if (last) sk_epilogue_row(tmp + i * NR, bias ? bias + jr : nullptr, cols, act);
-          for (int64_t j = 0; j < cols; ++j) c[i * n + j] = tmp[i * NR + j];
-        }
-      }
-    };
+  // Runs the micro-kernel for one MR×NR tile of c (ldc floats per row). A
+  // right-edge tile (cols < NR) goes through a scratch tile so the kernel
+  // never writes past column n.
+  static SK_INLINE void run_tile(int rows, int64_t cols, int64_t kc, const float* a, const float* b, float* c,
+                                 int64_t ldc, bool acc, float* tmp) {
+    Ukernel uk = ukernel_for_rows(rows);
+    if (cols == NR) {
+      uk(kc, a, b, c, ldc, acc);
+      return;
+    }
+    if (acc)
+      for (int i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < NR; ++j) tmp[i * NR + j] = j < cols ? c[i * ldc + j] : 0.f;
+    uk(kc, a, b, tmp, NR, acc);
+    for (int i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) c[i * ldc + j] = tmp[i * NR + j];
+  }
+
+  // Visits the tiles of rows [i0, i1) × columns [j0, j1), all of k, in an
+  // order that keeps one W micro-panel in L1 and the x block in L2.
+  // tile(ir, jr, pc, kc) computes one MR×NR tile's slice pc..pc+kc.
+  template <class Tile>
+  static SK_INLINE void for_each_tile(int64_t k, int64_t i0, int64_t i1, int64_t j0, int64_t j1, Tile&& tile) {
     if (i1 - i0 <= MR) {
       // One row panel: stream each W panel through once, end to end.
       for (int64_t jr = j0; jr < j1; jr += NR)
@@ -182,6 +190,116 @@ struct Gemm {
           for (int64_t ir = i0; ir < i1; ir += MR) tile(ir, jr, pc, kc);
       }
     }
+  }
+
+  // One task: rows [i0, i1) × columns [j0, j1) of y = act(x·Wᵀ + bias), all of k.
+  // xp: x packed in MR-row panels (panel 0 = row 0); wp: W packed by pack_w.
+  static void block(int64_t k, int64_t n, const float* xp, const float* wp, const float* bias, Activation act,
+                    float* y, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    alignas(64) float tmp[MR * NR];
+    for_each_tile(k, i0, i1, j0, j1, [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
+      int rows = static_cast<int>(sk_min64(MR, i1 - ir));
+      int64_t cols = sk_min64(NR, n - jr);
+      float* c = y + ir * n + jr;
+      run_tile(rows, cols, kc, xp + (ir / MR) * k * MR + pc * MR, wp + (jr / NR) * k * NR + pc * NR, c, n, pc > 0, tmp);
+      if (pc + kc >= k && (bias || act != Activation::kNone))
+        for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, cols, act);
+    });
+  }
+
+  // Gated block: h = act(x·W1ᵀ) ⊙ (x·W3ᵀ) for rows [i0, i1) × columns [j0, j1).
+  // Both products share each x micro-panel while it is in L1; the W1 product
+  // accumulates in h itself and the W3 product in `gate_scratch`, which holds
+  // only this block's (i1−i0)×(j1−j0) partial sums, never a full intermediate.
+  static void block_gated(int64_t k, int64_t n, const float* xp, const float* w1p, const float* w3p, Activation act,
+                          float* h, float* gate_scratch, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    alignas(64) float tmp[MR * NR];
+    const int64_t ls = j1 - j0;
+    for_each_tile(k, i0, i1, j0, j1, [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
+      int rows = static_cast<int>(sk_min64(MR, i1 - ir));
+      int64_t cols = sk_min64(NR, n - jr);
+      const float* a = xp + (ir / MR) * k * MR + pc * MR;
+      int64_t boff = (jr / NR) * k * NR + pc * NR;
+      float* c1 = h + ir * n + jr;
+      float* c3 = gate_scratch + (ir - i0) * ls + (jr - j0);
+      run_tile(rows, cols, kc, a, w1p + boff, c1, n, pc > 0, tmp);
+      run_tile(rows, cols, kc, a, w3p + boff, c3, ls, pc > 0, tmp);
+      if (pc + kc >= k)
+        for (int i = 0; i < rows; ++i) sk_gate_row(c1 + i * n, c3 + i * ls, cols, act);
+    });
+  }
+
+  // Packs rows [r0, r0 + rows) of x into consecutive MR-row panels at out.
+  static void pack_rows(const float* x, int64_t rows, int64_t k, float* out, ThreadPool& pool) {
+    pool.parallel_for(sk_ceil_div(rows, MR), [&](int64_t p, int) { pack_x_panel(x, rows, k, p, out); });
+  }
+
+  // Grouped GEMM over experts: for each expert e, rows offsets[e]..offsets[e+1]
+  // of xs times W_eᵀ (+ bias_e), or the gated product when w3p is set. One
+  // task list spans every expert's blocks (no per-expert barrier; empty
+  // experts add no tasks).
+  //   wp/w3p: E packed weights of w_stride floats each; bias: [E, n] or null.
+  //   workspace: packed_x floats for Σ_e ceil(rows_e / MR)·MR·k.
+  static void grouped_gemm(const float* xs, const int32_t* offsets, int64_t n_experts, int64_t k, const float* wp,
+                           const float* w3p, int64_t w_stride, int64_t n, const float* bias, Activation act,
+                           float* y, float* workspace) {
+    ThreadPool& pool = ThreadPool::instance();
+    int threads = pool.num_threads();
+    // Per expert: first packed panel and first task.
+    LocalArray<int64_t> panel_base(n_experts + 1), task_base(n_experts + 1);
+    LocalArray<Plan> plans(n_experts);
+    panel_base[0] = task_base[0] = 0;
+    for (int64_t e = 0; e < n_experts; ++e) {
+      int64_t rows = offsets[e + 1] - offsets[e];
+      panel_base[e + 1] = panel_base[e] + sk_ceil_div(rows, MR);
+      int64_t tasks = 0;
+      if (rows > 0 && k > 0) {
+        plans[e] = make_plan(rows, n, k, threads);
+        tasks = plans[e].n_mb * plans[e].n_nb;
+      }
+      task_base[e + 1] = task_base[e] + tasks;
+    }
+    if (k == 0) {
+      // Empty reduction: every row is act(bias_e) (or act(0)·0 when gated).
+      for (int64_t e = 0; e < n_experts; ++e)
+        for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r) {
+          for (int64_t j = 0; j < n; ++j) y[r * n + j] = 0.f;
+          if (!w3p) sk_epilogue_row(y + r * n, bias ? bias + e * n : nullptr, n, act);
+        }
+      return;
+    }
+    auto expert_of = [&](const LocalArray<int64_t>& base, int64_t i) {
+      int64_t lo = 0, hi = n_experts - 1;  // last e with base[e] <= i and base[e+1] > i
+      while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (base[mid] <= i) lo = mid; else hi = mid - 1;
+      }
+      while (lo < n_experts - 1 && base[lo + 1] <= i) ++lo;
+      return lo;
+    };
+    pool.parallel_for(panel_base[n_experts], [&](int64_t p, int) {
+      int64_t e = expert_of(panel_base, p);
+      int64_t rows = offsets[e + 1] - offsets[e];
+      pack_x_panel(xs + static_cast<int64_t>(offsets[e]) * k, rows, k, p - panel_base[e],
+                   workspace + panel_base[e] * k * MR);
+    });
+    pool.parallel_for(task_base[n_experts], [&](int64_t t, int) {
+      int64_t e = expert_of(task_base, t);
+      const Plan& pl = plans[e];
+      int64_t lt = t - task_base[e];
+      int64_t rows = offsets[e + 1] - offsets[e];
+      int64_t ib = lt / pl.n_nb, jb = lt % pl.n_nb;
+      int64_t i0 = ib * pl.mc, i1 = sk_min64(rows, i0 + pl.mc);
+      int64_t j0 = jb * pl.nc, j1 = sk_min64(n, j0 + pl.nc);
+      const float* xp = workspace + panel_base[e] * k * MR;
+      float* ye = y + static_cast<int64_t>(offsets[e]) * n;
+      if (w3p) {
+        float* scratch = thread_workspace(static_cast<size_t>((i1 - i0) * (j1 - j0)), 2);
+        block_gated(k, n, xp, wp + e * w_stride, w3p + e * w_stride, act, ye, scratch, i0, i1, j0, j1);
+      } else {
+        block(k, n, xp, wp + e * w_stride, bias ? bias + e * n : nullptr, act, ye, i0, i1, j0, j1);
+      }
+    });
   }
 
   static void gemm(const float* x, int64_t m, int64_t k, const float* wp, int64_t n, const float* bias,
@@ -203,7 +321,7 @@ struct Gemm {
       int64_t ib = t / pl.n_nb, jb = t % pl.n_nb;
       int64_t i0 = ib * pl.mc, i1 = sk_min64(m, i0 + pl.mc);
       int64_t j0 = jb * pl.nc, j1 = sk_min64(n, j0 + pl.nc);
-      block(pl, workspace, wp, bias, act, y, i0, i1, j0, j1);
+      block(k, n, workspace, wp, bias, act, y, i0, i1, j0, j1);
     });
   }
 };

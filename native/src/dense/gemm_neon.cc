@@ -14,7 +14,7 @@ struct GemmCfg_neon {
   static constexpr int NC_PANELS_MAX = 32;
 };
 using G = Gemm<GemmCfg_neon>;
-const DenseKernels kKernels = {Isa::kNeon, "f32-gemm-6x16-neon", G::MR, G::NR, &G::pack_w, &G::gemm};
+const DenseKernels kKernels = {Isa::kNeon, "f32-gemm-6x16-neon", G::MR, G::NR, &G::pack_w, &G::gemm, &G::grouped_gemm};
 }  // namespace
 
 const DenseKernels* dense_kernels_neon() { return &kKernels; }

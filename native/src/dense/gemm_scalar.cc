@@ -14,7 +14,7 @@ struct GemmCfg_scalar {
   static constexpr int NC_PANELS_MAX = 32;
 };
 using G = Gemm<GemmCfg_scalar>;
-const DenseKernels kKernels = {Isa::kScalar, "f32-gemm-4x4-scalar", G::MR, G::NR, &G::pack_w, &G::gemm};
+const DenseKernels kKernels = {Isa::kScalar, "f32-gemm-4x4-scalar", G::MR, G::NR, &G::pack_w, &G::gemm, &G::grouped_gemm};
 }  // namespace
 
 const DenseKernels* dense_kernels_scalar() { return &kKernels; }
