@@ -333,6 +333,23 @@ struct RouteImpl {
     std::memcpy(buf, tmp, static_cast<size_t>(k) * 8);
   }
 
+  // Bit l set ⇔ v[l] ≥ t[l] (false for NaN).
+  static SK_INLINE uint32_t mask_ge(F v, F t) {
+#if defined(__AVX512F__)
+    if constexpr (L == 16) return _mm512_cmp_ps_mask(reinterpret_cast<__m512&>(v), reinterpret_cast<__m512&>(t), _CMP_GE_OQ);
+#endif
+#if defined(__AVX2__)
+    if constexpr (L == 8) {
+      I m = v >= t;
+      return static_cast<uint32_t>(_mm256_movemask_ps(reinterpret_cast<__m256&>(m)));
+    }
+#endif
+    I m = v >= t;
+    uint32_t r = 0;
+    for (int l = 0; l < L; ++l) r |= static_cast<uint32_t>(m[l] & 1) << l;
+    return r;
+  }
+
   static SK_INLINE float hmax(F m) {
     float r = m[0];
     for (int l = 1; l < L; ++l) r = m[l] > r ? m[l] : r;
@@ -345,8 +362,9 @@ struct RouteImpl {
   // For k ≤ LANES, a vector pass first finds the k-th largest of the
   // per-lane maxima: the k best lanes each hold a distinct candidate at least
   // that large, so it is a lower bound of the k-th largest value and every
-  // top-k candidate passes a `≥` filter on it. The filter (branch-free) keeps
-  // a few dozen of the candidates; only those go through the insertion.
+  // top-k candidate passes a `≥` filter on it. The filter (a vector compare,
+  // then the set bits) keeps a few dozen of the candidates; only those go
+  // through the insertion.
   static void topk_ranges(const float* sel, const int64_t* r, int64_t nr, int64_t k, Scratch& s) {
     float thr = -INFINITY;
     if (k <= L) {
@@ -368,14 +386,22 @@ struct RouteImpl {
       }
       thr = lm[k - 1];
     }
-    uint64_t* c = s.cand;  // room for every candidate + 1 (the branch-free store)
+    uint64_t* c = s.cand;
     int64_t n = 0;
-    for (int64_t q = 0; q < nr; ++q)
-      for (int64_t e = r[2 * q]; e < r[2 * q + 1]; ++e) {
-        float v = sel[e];
-        c[n] = rk_key(v, static_cast<uint32_t>(e));
-        n += v >= thr;
+    const F vthr = vsplat(thr);
+    for (int64_t q = 0; q < nr; ++q) {
+      const int64_t b = r[2 * q + 1];
+      for (int64_t i = r[2 * q]; i < b; i += L) {
+        F v = vload_part(sel, i, b, -INFINITY);
+        uint32_t msk = mask_ge(v, vthr);
+        if (i + L > b) msk &= (1u << (b - i)) - 1u;  // lanes past the range
+        while (msk) {
+          int l = __builtin_ctz(msk);
+          msk &= msk - 1u;
+          c[n++] = rk_key(v[l], static_cast<uint32_t>(i + l));
+        }
       }
+    }
     if (n < k) {
       // Only with NaN selection values (overflowed noise or bias): take
       // every candidate; NaN keys sort last.
@@ -480,16 +506,24 @@ struct RouteImpl {
       } else {
         const float* sel;
         if (J.select_on_scores) {
-          float* sv = s.sel;
+          float* __restrict sv = s.sel;
+          const float* __restrict bias = o.selection_bias;
           if (o.score == RouteScore::kSoftmax) {
             ensure_softmax(lp, E, s.ex, &st);
-            for (int64_t e = 0; e < E; ++e) sv[e] = s.ex[e] * st.inv_sum;
+            const float* __restrict ex = s.ex;
+            const float inv = st.inv_sum;
+            if (bias)
+              for (int64_t e = 0; e < E; ++e) sv[e] = ex[e] * inv + bias[e];
+            else
+              for (int64_t e = 0; e < E; ++e) sv[e] = ex[e] * inv;
           } else {
             ensure_sigmoid(lp, E, s.sg, &st);
-            for (int64_t e = 0; e < E; ++e) sv[e] = s.sg[e];
+            const float* __restrict sg = s.sg;
+            if (bias)
+              for (int64_t e = 0; e < E; ++e) sv[e] = sg[e] + bias[e];
+            else
+              sv = s.sg;
           }
-          if (o.selection_bias)
-            for (int64_t e = 0; e < E; ++e) sv[e] += o.selection_bias[e];
           sel = sv;
         } else if (o.selection_bias) {
           for (int64_t e = 0; e < E; ++e) s.sel[e] = lp[e] + o.selection_bias[e];
