@@ -184,13 +184,13 @@ struct RouteImpl {
   // ---- scratch ---------------------------------------------------------------
 
   struct Scratch {
-    float *lp, *ex, *sg, *sel, *row;
+    float *lp, *ex, *sg, *sel;
     uint64_t *keys, *cand, *buf, *gkeys;
     uint8_t* gchosen;
   };
 
   // Per-thread scratch (thread_workspace slot 2), in u64 units where noted:
-  // five float rows of E; keys: E u64 or the chosen-group ranges (2G + 2
+  // four float rows of E (l', exp, sigmoid, selection values); keys: E u64 or the chosen-group ranges (2G + 2
   // int64); cand: E + 1 u64 (the branch-free filter stores one past its
   // count); buf: max(k, G) u64 (top-k, or the chosen groups); G group keys
   // and G flags.
@@ -201,7 +201,7 @@ struct RouteImpl {
     auto up16 = [](int64_t n) { return (n + 15) / 16 * 16; };
     const int64_t rowf = up16(E);
     const int64_t keys_u64 = up16(E + 2 * G + 2), cand_u64 = up16(E + 1), buf_u64 = up16(K), g_u64 = up16(G);
-    int64_t need = 5 * rowf + 2 * (keys_u64 + cand_u64 + buf_u64 + g_u64) + up16(G);
+    int64_t need = 4 * rowf + 2 * (keys_u64 + cand_u64 + buf_u64 + g_u64) + up16(G);
     float* base = thread_workspace(static_cast<size_t>(need), 2);
     if (!base) {
       __atomic_store_n(&J.failed, 1, __ATOMIC_RELAXED);
@@ -211,8 +211,7 @@ struct RouteImpl {
     s->ex = base + rowf;
     s->sg = base + 2 * rowf;
     s->sel = base + 3 * rowf;
-    s->row = base + 4 * rowf;
-    float* p = base + 5 * rowf;
+    float* p = base + 4 * rowf;
     s->keys = reinterpret_cast<uint64_t*>(p);
     p += 2 * keys_u64;
     s->cand = reinterpret_cast<uint64_t*>(p);
@@ -273,8 +272,7 @@ struct RouteImpl {
   struct RowStats {
     float max = 0, sum = 0, inv_sum = 0;  // softmax of l': ex[e] = exp(l'_e − max), Σ = sum
     bool has_softmax = false;
-    float sig_sum = 0;  // Σ σ(l'_e)
-    bool has_sigmoid = false;
+    bool has_sigmoid = false;  // sg[e] = σ(l'_e)
   };
 
   static SK_INLINE void ensure_softmax(const float* lp, int64_t E, float* ex, RowStats* st) {
