@@ -61,7 +61,10 @@ export default defineSuite({
   ].join(''),
 
   async run(h) {
-    const tokensList = filterByEnv('BENCH_ROUTING_TOKENS', h.quick ? [512, 4096] : TOKENS, String);
+    // BENCH_ROUTING_PARTS=share or =scaling runs one part; BENCH_ROUTING_TOKENS
+    // and BENCH_ROUTING_ROUTERS (e8, e64, e256) narrow the share cases.
+    const parts = filterByEnv('BENCH_ROUTING_PARTS', ['share', 'scaling'], String);
+    const tokensList = parts.includes('share') ? filterByEnv('BENCH_ROUTING_TOKENS', h.quick ? [512, 4096] : TOKENS, String) : [];
     const routers = filterByEnv('BENCH_ROUTING_ROUTERS', ROUTERS, (r) => r.key);
     for (const T of tokensList) {
       const x = randomTensor([T, D_MODEL], 5000 + T);
@@ -106,7 +109,7 @@ export default defineSuite({
     // 1- vs 2-thread scaling of route, interleaved in one case.
     const T = h.quick ? 4096 : 16384;
     const scaling = filterByEnv('BENCH_ROUTING_ROUTERS', ROUTERS, (r) => r.key);
-    if (threadList(THREADS).includes(2)) {
+    if (parts.includes('scaling') && threadList(THREADS).includes(2)) {
       const x = randomTensor([T, D_MODEL], 5000 + T);
       for (const r of scaling) {
         const E = r.experts;
