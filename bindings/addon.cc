@@ -3,6 +3,7 @@
 
 #include "args.h"
 #include "families.h"
+#include "sparsekit/bsr.h"
 #include "sparsekit/dense.h"
 #include "sparsekit/routing.h"
 #include "sparsekit/runtime.h"
@@ -37,6 +38,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object kernels = Napi::Object::New(env);
   kernels.Set("dense", dense_kernels(isa)->name);
   if (const RoutingKernels* rk = routing_kernels(isa)) kernels.Set("routing", rk->name);
+  kernels.Set("bsr", bsr_kernels(isa)->name);
   o.Set("kernels", kernels);
   const CpuFeatures& f = cpu_features();
   Napi::Object feats = Napi::Object::New(env);
@@ -80,8 +82,9 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads, "getNumThreads"));
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
   RegisterDense(env, exports);
-  RegisterRouting(env, exports);
+  RegisterBsr(env, exports);
   RegisterExperts(env, exports);
+  RegisterRouting(env, exports);
   return exports;
 }
 

@@ -211,6 +211,31 @@ Napi::Value CombineImpl(const Napi::CallbackInfo& info, bool async) {
 Napi::Value Combine(const Napi::CallbackInfo& i) { return CombineImpl(i, false); }
 Napi::Value CombineAsync(const Napi::CallbackInfo& i) { return CombineImpl(i, true); }
 
+// glu(h [rows, 2·n], options?: { activation, out }) → act(h[:, :n]) ⊙ h[:, n:]
+Napi::Value GluImpl(const Napi::CallbackInfo& info, bool async) {
+  Napi::Env env = info.Env();
+  const std::string fn = async ? "gluAsync" : "glu";
+  auto h = get_tensor<float>(env, fn, "h", info[0], 2, "[rows, 2·n]");
+  if (h.dim(1) % 2 != 0) throw_range(env, fn, "h.shape[1] must be even (gate columns then up columns), got " + std::to_string(h.dim(1)));
+  Napi::Value opts = info.Length() > 1 ? info[1] : env.Undefined();
+  Napi::Value av = get_option(env, fn, opts, "activation");
+  Activation act = is_absent(av) ? Activation::kSilu : get_activation(env, fn, av);
+  int64_t rows = h.dim(0), n = h.dim(1) / 2;
+  auto out = get_out(env, fn, get_option(env, fn, opts, "out"), rows * n, "y [rows, n]");
+  const float* hd = h.data();
+  float* od = out.data;
+  auto kernel = [=]() {
+    glu_rows(hd, rows, n, act, od);
+    return Status::Ok();
+  };
+  auto result = [rows, n](Napi::Env e, const std::vector<Napi::Value>& kept) -> Napi::Value {
+    return make_tensor(e, kept[0], {rows, n});
+  };
+  return run_op(env, async, fn, kernel, result, {out.value, h.array.value});
+}
+Napi::Value Glu(const Napi::CallbackInfo& i) { return GluImpl(i, false); }
+Napi::Value GluAsync(const Napi::CallbackInfo& i) { return GluImpl(i, true); }
+
 // Scratch for expertsForward, per calling thread, grown once and reused: the
 // steady state allocates nothing.
 struct ForwardWorkspace {
@@ -292,6 +317,8 @@ void RegisterExperts(Napi::Env env, Napi::Object exports) {
   exports.Set("permuteAsync", Napi::Function::New(env, PermuteAsync, "permuteAsync"));
   exports.Set("combine", Napi::Function::New(env, Combine, "combine"));
   exports.Set("combineAsync", Napi::Function::New(env, CombineAsync, "combineAsync"));
+  exports.Set("glu", Napi::Function::New(env, Glu, "glu"));
+  exports.Set("gluAsync", Napi::Function::New(env, GluAsync, "gluAsync"));
   exports.Set("expertsForward", Napi::Function::New(env, ExpertsForward, "expertsForward"));
   exports.Set("expertsForwardAsync", Napi::Function::New(env, ExpertsForwardAsync, "expertsForwardAsync"));
 }

@@ -9,6 +9,34 @@ import { native, type IsaName, type RawInfo } from './native';
 export { linear, linearAsync, prepackLinear } from './dense';
 export type { LinearOptions, ActivationName, PackedLinear } from './dense';
 export {
+  BlockSparseMatrix,
+  prepackBsrLinear,
+  bsrLinear,
+  bsrLinearAsync,
+  bsrLinearTransposed,
+  bsrLinearTransposedAsync,
+  sddmm,
+  sddmmAsync,
+} from './bsr';
+export type { BlockSparseParts, FromDenseOptions, RandomBsrOptions, OutOption, PackedBsrLinear } from './bsr';
+export {
+  prepackExperts,
+  prepackGatedExperts,
+  groupedLinear,
+  groupedLinearAsync,
+  groupedGatedLinear,
+  groupedGatedLinearAsync,
+  permute,
+  permuteAsync,
+  combine,
+  combineAsync,
+  expertsForward,
+  expertsForwardAsync,
+  glu,
+  gluAsync,
+} from './experts';
+export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
+export {
   route,
   routeAsync,
   routeBackward,
@@ -28,21 +56,6 @@ export type {
   DropPolicy,
   RoutingPresetName,
 } from './routing';
-export {
-  prepackExperts,
-  prepackGatedExperts,
-  groupedLinear,
-  groupedLinearAsync,
-  groupedGatedLinear,
-  groupedGatedLinearAsync,
-  permute,
-  permuteAsync,
-  combine,
-  combineAsync,
-  expertsForward,
-  expertsForwardAsync,
-} from './experts';
-export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';
@@ -90,3 +103,6 @@ export function setIsa(isa: IsaName): void {
 
 export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MAX_HEADER_BYTES } from './safetensors';
 export type { TensorInfo, TensorToSave } from './safetensors';
+
+export { MoELayer, moePresets } from './moe';
+export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';

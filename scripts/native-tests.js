@@ -27,6 +27,10 @@ const jobs = Math.max(1, os.availableParallelism ? os.availableParallelism() : o
 function run(cmd, argv, opts = {}) {
   console.log(`> ${cmd} ${argv.join(' ')}`);
   const r = spawnSync(cmd, argv, { cwd: root, stdio: 'inherit', ...opts });
+  if (r.error && r.error.code === 'ETIMEDOUT') {
+    console.error(`test:native: ${path.basename(cmd)} ran past ${opts.timeout / 1000} s (a hang?) and was killed`);
+    return false;
+  }
   if (r.error) throw r.error;
   return r.status === 0;
 }
@@ -121,7 +125,9 @@ async function crossCompileArm64() {
   const link = ['-std=c++17', '-O2', `-I${path.join(root, 'native', 'include')}`, '-static', '-pthread',
     path.join(root, 'native', 'tests', 'core_tests.cc'), ...objs, '-o', exe];
   if (!run(cxx, link)) fail('linking the core tests for arm64');
-  if (!run(qemu, [exe])) fail('core tests on arm64 (qemu)');
+  // About 10 s here; a deadlock must fail CI, not stall it (qemu's timing
+  // exposed a thread-pool race that native x86 runs did not).
+  if (!run(qemu, [exe], { timeout: 300_000 })) fail('core tests on arm64 (qemu)');
   console.log('test:native: core tests passed on arm64 under qemu (NEON kernels)');
 }
 
