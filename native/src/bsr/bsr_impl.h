@@ -398,19 +398,42 @@ struct BsrImpl {
     return kBsrOk;
   }
 
+  // sddmm picks the dense micro-kernel's tile when its width NR divides the
+  // block width (b is then packed once and blocks are written in place), a
+  // one-vector-wide tile of 8 rows when only the vector width divides it
+  // (8×8 blocks on AVX2), and gathers b per task otherwise.
   static int sddmm(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask,
-                      float* out) {
-    using G = Gemm<typename Cfg::Dense>;
-    constexpr int MR = G::MR, NR = G::NR, KC = G::KC;
+                   float* out) {
+    using D = typename Cfg::Dense;
+    if (mask.bc % (D::NRV * W) != 0) {
+      if constexpr (D::NRV > 1)
+        if (mask.bc % W == 0) return sddmm_tiled<8, 1>(a, m, k, b, n, mask, out);
+    }
+    return sddmm_tiled<D::MR, D::NRV>(a, m, k, b, n, mask, out);
+  }
+
+  using DenseUkernel = void (*)(int64_t, const float*, const float*, float*, int64_t, bool);
+  template <int MR, int NRV, int... Rs>
+  static DenseUkernel dense_ukernel(int rows, std::integer_sequence<int, Rs...>) {
+    static const DenseUkernel t[] = {&gemm_ukernel<V, Rs + 1, NRV, MR>...};
+    return t[rows - 1];
+  }
+
+  template <int MR, int NRV>
+  static int sddmm_tiled(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask,
+                         float* out) {
+    constexpr int NR = NRV * W, KC = Cfg::Dense::KC;
     const int64_t br = mask.br, bc = mask.bc, nbr = mask.rows / mask.br;
     if (mask.nnz == 0) return kBsrOk;
     ThreadPool& pool = ThreadPool::instance();
+    DenseUkernel uks[MR];
+    for (int r = 1; r <= MR; ++r) uks[r - 1] = dense_ukernel<MR, NRV>(r, std::make_integer_sequence<int, MR>{});
 
-    // a in the dense kernel's MR-row panels, once for all block rows.
+    // a in MR-row panels (the dense kernel's packed-x layout), once for all block rows.
     const int64_t a_panels = sk_ceil_div(m, MR);
     float* ap = thread_workspace(static_cast<size_t>(a_panels * MR * k), 0);
     if (!ap) return kBsrOutOfMemory;
-    pool.parallel_for(a_panels, [&](int64_t p, int) { G::pack_x_panel(a, m, k, p, ap); });
+    pool.parallel_for(a_panels, [&](int64_t p, int) { pack_rows_kmajor<MR>(a, m, k, p, p + 1, ap); });
 
     // Where NR divides the block width, every NR panel of b lies inside one
     // block column: b is packed once (the block columns the mask uses) and
@@ -461,7 +484,7 @@ struct BsrImpl {
       for (int64_t r = r_begin; r < r_end;) {
         const int64_t panel = r / MR, off = r % MR;
         const int rows = static_cast<int>(sk_min64(MR - off, r_end - r));
-        G::ukernel_for_rows(rows)(kc, ap + panel * k * MR + pc * MR + off, bpan, c + (r - r_begin) * ldc, ldc, pc > 0);
+        uks[rows - 1](kc, ap + panel * k * MR + pc * MR + off, bpan, c + (r - r_begin) * ldc, ldc, pc > 0);
         r += rows;
       }
     };
