@@ -88,6 +88,7 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   RegisterExperts(env, exports);
   RegisterRouting(env, exports);
   RegisterNM(env, exports);
+  RegisterCuda(env, exports);
   return exports;
 }
 
