@@ -65,7 +65,7 @@ interface FwdInputs {
 function forwardSamples(): { label: string; inputs: FwdInputs }[] {
   const rng = new Rng(4242);
   const out: { label: string; inputs: FwdInputs }[] = [];
-  const tokensList = [1, 2, 3, 8, 9, 16, 17, 33, 64, 100, 130, 300];
+  const tokensList = [1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 100, 130, 300];
   let i = 0;
   for (const [n, m] of [...TUNED, ...GENERIC]) {
     const count = TUNED.some(([a, b]) => a === n && b === m) ? 6 : 3;

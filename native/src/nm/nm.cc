@@ -6,7 +6,8 @@
 // and decode indices in registers: an expanded index array would add bytes to
 // the memory-bound decode case and loads to the load-bound prefill case.
 // Packing adds what the kernels need and the caller's arrays cannot promise:
-//  - rows of values start on 64-byte boundaries (vstride, zero padded);
+//  - rows of values start on 64-byte boundaries (vstride, zero padded), and
+//    never a multiple of 4 KB apart (cache set conflicts between rows);
 //  - rows of index bits are padded (mstride ≥ bytes + 3) so the kernels read a
 //    chunk's B bytes with one 4-byte load and never leave the row;
 //  - validation happened once (pack_nm checks every index), so calls with a
@@ -92,6 +93,9 @@ Status pack_nm(const NmShape& s, const float* values, const uint8_t* indices, Is
   p->bits = nm_index_bits(s.m);
   p->kept = nm_kept_per_row(s);
   p->vstride = (p->kept + 15) / 16 * 16;
+  // Rows a multiple of 4 KB apart would all map to the same cache sets: the
+  // tiled kernel reads the same columns of consecutive rows together.
+  if ((p->vstride * 4) % 4096 == 0) p->vstride += 16;
   p->mstride = p->tuned ? (ib + 3 + 3) / 4 * 4 : 0;
   if (!p->values.resize_zeroed(size_t(s.rows * p->vstride))) return oom;
   if (p->tuned) {

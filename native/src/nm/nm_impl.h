@@ -9,38 +9,40 @@
 // values are multiplied; the work is rows · kept · m multiply-adds, N/M of the
 // dense count.
 //
-// Forward, two kernels, chosen by the token count m alone (never by the
-// thread count):
+// Forward, two kernels, chosen by the token count m and the pattern alone
+// (never by the thread count):
 //
-// * Row-streaming (m ≤ 2, decode): memory-bound, so it reads W once, in
-//   order, and spends little per value. A chunk of 8 kept values has its 8
-//   indices in one small word; they are decoded in a vector register (shift,
-//   mask, add the group offsets) and the 8 matching x values are gathered from
-//   the few 8-column windows of x the chunk spans (AVX2: one vpermps per
-//   window and fixed blends; hardware gather when each value has its own
-//   window, 1:8), then one FMA with the 8 values. Sums stay in lanes and are
-//   reduced once per row.
+// * Row-streaming (decode: m ≤ 4 for groups that span 2 windows of 8
+//   columns per chunk — 1:2, 2:4, 4:8 —, m ≤ 2 for 4 windows — 1:4, 2:8 —,
+//   m = 1 for 1:8 and untuned patterns up to m = 2): memory-bound, so it reads
+//   W once, in order, prefetching ahead, and spends little per value. A chunk
+//   of 8 kept values has its 8 indices in one small word; they are decoded in a
+//   vector register (shift, mask, add the group offsets) and the 8 matching x
+//   values are gathered from the few 8-column windows of x the chunk spans
+//   (AVX2: one vpermps per window and fixed blends; hardware gather when each
+//   value has its own window, 1:8), then one FMA with the 8 values. Sums stay
+//   in lanes and are reduced once per row.
 //
-// * Gather-FMA tiles (m > 2, prefill/training): x is packed per call into
-//   token tiles transposed to [cols][T] (T = TV vectors of tokens), so the x
-//   data a kept value (v, c) needs is one contiguous row xp[c]: the kernel
-//   broadcasts v and does TV FMAs v · xp[c] into a register tile of R rows × T
-//   tokens. Indices are decoded in integer registers from the packed bits (no
-//   expanded index array, no extra loads). Loads bound it: TV + 1 per TV FMAs,
-//   so T is as large as the token count and L1 allow: the slice of xp for a
-//   block of KC columns (KC·T floats) stays in L1 while a block of MC rows
-//   streams past it, and each MC × T accumulator tile lives in a per-task
-//   scratch between column blocks.
+// * Gather-FMA tiles (more tokens, prefill/training): x is packed per call
+//   into token tiles transposed to [cols][T] (T = TV vectors of tokens), so
+//   the x data a kept value (v, c) needs is one contiguous row xp[c]: the
+//   kernel broadcasts v and does TV FMAs v · xp[c] into a register tile of R
+//   rows × T tokens. Indices are decoded in integer registers from the packed
+//   bits (no expanded index array, no extra loads). Loads bound it: TV + 1
+//   per TV FMAs, so T is as large as the token count and L1 allow: the slice
+//   of xp for a block of KC columns (KC·T floats) stays in L1 while a block of
+//   MC rows streams past it (W prefetched two panels ahead), and each MC × T
+//   accumulator tile lives in a per-task scratch between column blocks.
 //
 // Every output element is one chain of FMAs over its row's kept values in
-// column order (kernel B) or a fixed lane-then-tail reduction (kernel A), the
-// same whatever the blocking or the thread that runs it: results are bitwise
-// identical for any thread count.
+// column order (kernel B; narrow tiles split it into two chains, even and odd
+// values, added at the end of each column block) or a fixed lane-then-tail
+// reduction (kernel A), the same whatever the blocking or the thread that
+// runs it: results are bitwise identical for any thread count.
 #pragma once
 #include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <cstdlib>
 
 #include "../common/simd.h"
 #include "nm_patterns.h"
@@ -81,6 +83,7 @@ struct TunedPattern {
   static SK_INLINE Row row(const PackedNm& w, int64_t r) {
     return {w.values.data() + r * w.vstride, w.meta.data() + r * w.mstride};
   }
+  static SK_INLINE const uint8_t* meta_ptr(const Row& r) { return r.meta; }
   // The chunk's B bytes (and up to 3 more, inside the padded row) in one load.
   static SK_INLINE uint32_t word(const Row& r, int64_t c) {
     uint32_t x;
@@ -197,8 +200,14 @@ struct NmSmallYmm {
         for (int t = 0; t < TOK; ++t) acc[t] = _mm256_fmadd_ps(v, gather(x + t * ldx + c * CC, idx), acc[t]);
       };
       int64_t c = 0;
+      // W streams from memory once: prefetch ~3 KB ahead in both streams; the
+      // hardware prefetcher alone leaves this loop short of the bandwidth the
+      // dense kernel reaches (measured: 1.2× → 1.6-1.7× over dense, 2:4, 1 token).
+      constexpr int64_t kAhead = 768;
       // Two accumulator sets: FMA latency, not the loads, would bound one chain.
       for (; c + 2 <= chunks; c += 2) {
+        __builtin_prefetch(row.v + c * 8 + kAhead);
+        if ((c & 7) == 0) __builtin_prefetch(P::meta_ptr(row) + c * P::B + kAhead * P::B / 8);
         step(c, acc0);
         step(c + 1, acc1);
       }
@@ -337,13 +346,13 @@ struct NmDriver {
   static SK_INLINE void prefetch_rows(const PackedNm& w, int64_t r0, int64_t r1, int64_t c0, int64_t j1) {
     for (int64_t r = r0; r < r1; ++r) {
       const char* v = reinterpret_cast<const char*>(w.values.data() + r * w.vstride);
-      for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(v + b);
+      for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(v + b, 0, 2);
       if constexpr (P::kTuned) {
         const char* mt = reinterpret_cast<const char*>(w.meta.data() + r * w.mstride);
-        for (int64_t b = (c0 * P::B) & ~int64_t(63); b < (j1 * P::B + 7) / 8; b += 64) __builtin_prefetch(mt + b);
+        for (int64_t b = (c0 * P::B) & ~int64_t(63); b < (j1 * P::B + 7) / 8; b += 64) __builtin_prefetch(mt + b, 0, 2);
       } else {
         const char* cl = reinterpret_cast<const char*>(w.cols.data() + r * w.vstride);
-        for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(cl + b);
+        for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(cl + b, 0, 2);
       }
     }
   }
@@ -357,8 +366,7 @@ struct NmDriver {
     if (!xp) return false;
     nm_pack_tiles(x, m, K, TT, xp);
     // Column blocks (in chunks) whose xp slice (columns × TT floats) fits L1.
-    const int64_t l1f = getenv("SK_NM_L1") ? atoi(getenv("SK_NM_L1")) : Cfg::kL1Floats;  // TEMP experiment
-    const int64_t kc_chunks = nm_max(1, l1f / TT / P::chunk_cols(w.shape));
+    const int64_t kc_chunks = nm_max(1, Cfg::kL1Floats / TT / P::chunk_cols(w.shape));
     const int64_t n_kb = nm_max(1, nm_cdiv(chunks, kc_chunks));
     const int64_t n_rb = nm_cdiv(rows, kMC);
     // Token tiles per task: bounded scratch, and enough tasks to balance the
@@ -421,7 +429,6 @@ struct NmDriver {
   // patterns get fewer values per block, and the accumulator load/store per
   // block must stay small against the FMAs.
   static int tile_tv(int64_t m, int n, int mm) {
-    if (const char* e = getenv("SK_NM_TV")) return atoi(e);  // TEMP experiment
     const int64_t need = nm_cdiv(m, W);
     const int tv_max = 2 * n >= mm ? 8 : 4 * n >= mm ? 6 : 4;
     static const int kTvs[] = {1, 2, 4, 6, 8};
