@@ -6,6 +6,7 @@
 #include "sparsekit/bsr.h"
 #include "sparsekit/dense.h"
 #include "sparsekit/routing.h"
+#include "sparsekit/nm.h"
 #include "sparsekit/runtime.h"
 #include "sparsekit/thread_pool.h"
 
@@ -39,6 +40,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   kernels.Set("dense", dense_kernels(isa)->name);
   if (const RoutingKernels* rk = routing_kernels(isa)) kernels.Set("routing", rk->name);
   kernels.Set("bsr", bsr_kernels(isa)->name);
+  if (const NmKernels* nk = nm_kernels(isa)) kernels.Set("nm", nk->name);
   o.Set("kernels", kernels);
   const CpuFeatures& f = cpu_features();
   Napi::Object feats = Napi::Object::New(env);
@@ -85,6 +87,8 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   RegisterBsr(env, exports);
   RegisterExperts(env, exports);
   RegisterRouting(env, exports);
+  RegisterNM(env, exports);
+  RegisterCuda(env, exports);
   return exports;
 }
 

@@ -117,6 +117,17 @@ function weightCases(seed: number): Case[] {
   return cases;
 }
 
+/**
+ * W with more than 8 MiB of kept values: too many to stay in cache between
+ * token tiles, so bsrLinear computes several tiles per pass over W, K slice by
+ * K slice (the transposed product gets the tile groups without slices).
+ */
+function bigCases(seed: number): Case[] {
+  const rng = new Rng(seed);
+  const W = makeBsr(rng, [128, 20480], [32, 32], pattern(rng, 4, 640, 'random', 0.9), 1 / Math.sqrt(20480));
+  return [{ label: `W 128×20480 block 32×32 (${W.nnzBlocks} blocks, ${((W.values.length * 4) / 2 ** 20).toFixed(1)} MiB) tokens=70`, W, m: 70 }];
+}
+
 // ---- bsrLinear ----------------------------------------------------------------
 
 interface LinInputs {
@@ -131,7 +142,7 @@ checkOp<LinInputs, BlockSparseMatrix | PackedBsrLinear>({
   name: 'bsrLinear',
   samples: () => {
     const rng = new Rng(31);
-    return weightCases(101).map((c, i) => {
+    return [...weightCases(101), ...bigCases(102)].map((c, i) => {
       const activation = ACTS[i % ACTS.length];
       const withBias = i % 3 !== 1;
       const packed = i % 2 === 0;
@@ -166,7 +177,7 @@ checkOp<TrInputs, BlockSparseMatrix | PackedBsrLinear>({
   name: 'bsrLinearTransposed',
   samples: () => {
     const rng = new Rng(32);
-    return weightCases(202).map((c, i) => ({
+    return [...weightCases(202), ...bigCases(203)].map((c, i) => ({
       label: `${c.label} packed=${i % 2 === 0}`,
       inputs: { dy: { data: rng.floats(c.m * c.W.shape[0]), shape: [c.m, c.W.shape[0]] }, W: c.W, packed: i % 2 === 0 },
     }));
