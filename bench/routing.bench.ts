@@ -3,7 +3,8 @@
  * those logits (the router projection logits = x·W_gᵀ, d_model 4096, W_g
  * prepacked [E, 4096]), at 1 and 2 threads, interleaved sample by sample in
  * one process; plus route's own 1- vs 2-thread scaling at T = 16384 as one
- * interleaved case.
+ * interleaved case, with the dense linear's 1- vs 2-thread speed-up in the
+ * same rounds as a gauge of the second core actually available.
  *
  * Routers (issue 5):
  * - E = 8, top-2: the Mixtral preset (softmax over 8, top-2, renormalised).
@@ -106,34 +107,50 @@ export default defineSuite({
       }
     }
 
-    // 1- vs 2-thread scaling of route, interleaved in one case.
+    // 1- vs 2-thread scaling of route, interleaved in one case, next to the
+    // same for the dense linear (1024 tokens of the router projection): on a
+    // shared machine the linear's speed-up shows how much of a second core
+    // was actually available while route was measured.
     const T = h.quick ? 4096 : 16384;
     const scaling = filterByEnv('BENCH_ROUTING_ROUTERS', ROUTERS, (r) => r.key);
     if (parts.includes('scaling') && threadList(THREADS).includes(2)) {
       const x = randomTensor([T, D_MODEL], 5000 + T);
+      const xs: Float32Tensor = { data: x.data.subarray(0, 1024 * D_MODEL), shape: [1024, D_MODEL] };
       for (const r of scaling) {
         const E = r.experts;
-        const logits = linear(x, prepackLinear(randomTensor([E, D_MODEL], 6000 + E, 1 / Math.sqrt(D_MODEL))));
+        const Wg = prepackLinear(randomTensor([E, D_MODEL], 6000 + E, 1 / Math.sqrt(D_MODEL)));
+        const logits = linear(x, Wg);
+        const out = new Float32Array(1024 * E);
         const o = r.options(E);
         // Switching the pool size restarts its workers: done once per switch
         // of contender, inside the harness's untimed switch-warmup call.
-        const withThreads = (n: number) => () => {
+        const at = (n: number, f: () => unknown) => () => {
           if (getNumThreads() !== n) setNumThreads(n);
-          return route(logits, o);
+          return f();
         };
+        const routeFn = () => route(logits, o);
+        const linearFn = () => linear(xs, Wg, { out });
         const res = await h.case({
           name: `scaling T=${T} ${r.label}`,
           params: { tokens: T, experts: E, router: r.key, scaling: true },
           threads: 2,
           contenders: [
-            { name: 'route-1t', fn: withThreads(1) },
-            { name: 'route-2t', fn: withThreads(2) },
+            { name: 'route-1t', fn: at(1, routeFn) },
+            { name: 'route-2t', fn: at(2, routeFn) },
+            { name: 'linear1024-1t', fn: at(1, linearFn) },
+            { name: 'linear1024-2t', fn: at(2, linearFn) },
           ],
-          ratios: [{ of: 'route-2t', vs: 'route-1t' }],
-          columns: (c) => ({ 'tokens/s': T / (c.median / 1e3) }),
+          ratios: [
+            { of: 'route-2t', vs: 'route-1t' },
+            { of: 'linear1024-2t', vs: 'linear1024-1t' },
+          ],
+          columns: (c) => (c.name.startsWith('route') ? { 'tokens/s': T / (c.median / 1e3) } : {}),
           timing: { switchWarmup: 1, switchWarmupMaxMs: 1e9 },
         });
-        h.note(`scaling T=${T} ${r.label}: 2 threads ${res.ratios[0].speedup.toFixed(2)}× faster than 1`);
+        h.note(
+          `scaling T=${T} ${r.label}: route 2 threads ${res.ratios[0].speedup.toFixed(2)}× faster than 1 ` +
+            `(dense linear on 1024 tokens, same rounds: ${res.ratios[1].speedup.toFixed(2)}×)`,
+        );
       }
       setNumThreads(2);
     }
