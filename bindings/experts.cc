@@ -7,6 +7,7 @@
 #include "async.h"
 #include "families.h"
 #include "handle.h"
+#include "plan_args.h"
 #include "sparsekit/experts.h"
 #include "sparsekit/runtime.h"
 
@@ -73,49 +74,6 @@ Napi::Value PrepackGatedExperts(const Napi::CallbackInfo& info) {
     throw_if_error(env, fn, pack_experts(w1.data(), w3.data(), n * k, e, n, k, nullptr, active_isa(), &p));
   }
   return WrapExperts(env, std::move(p));
-}
-
-// expertOffsets: Int32Array [E+1], 0 = o[0] ≤ o[1] ≤ … ≤ o[E] = rows.
-ArrayArg<int32_t> get_offsets(Napi::Env env, const std::string& fn, const Napi::Value& v, int64_t experts,
-                              int64_t rows, const std::string& rows_name) {
-  auto o = get_array<int32_t>(env, fn, "expertOffsets", v);
-  if (o.length != experts + 1)
-    throw_range(env, fn, "expertOffsets must have experts + 1 = " + std::to_string(experts + 1) + " entries, got " +
-                             std::to_string(o.length));
-  if (o.data[0] != 0) throw_range(env, fn, "expertOffsets[0] must be 0, got " + std::to_string(o.data[0]));
-  for (int64_t e = 0; e < experts; ++e)
-    if (o.data[e + 1] < o.data[e])
-      throw_range(env, fn, "expertOffsets must be non-decreasing: expertOffsets[" + std::to_string(e + 1) + "] = " +
-                               std::to_string(o.data[e + 1]) + " < expertOffsets[" + std::to_string(e) + "] = " +
-                               std::to_string(o.data[e]));
-  if (o.data[experts] != rows)
-    throw_range(env, fn, "expertOffsets[" + std::to_string(experts) + "] = " + std::to_string(o.data[experts]) +
-                             " must equal " + rows_name + " = " + std::to_string(rows));
-  return o;
-}
-
-// sortedSlots: Int32Array of distinct slots in [0, tokens·k).
-ArrayArg<int32_t> get_slots(Napi::Env env, const std::string& fn, const Napi::Value& v, int64_t n_slots) {
-  auto s = get_array<int32_t>(env, fn, "sortedSlots", v);
-  if (s.length > n_slots)
-    throw_range(env, fn, "sortedSlots has " + std::to_string(s.length) + " entries but tokens·k = " +
-                             std::to_string(n_slots));
-  std::vector<uint8_t> seen(static_cast<size_t>(n_slots), 0);
-  for (int64_t i = 0; i < s.length; ++i) {
-    int32_t v2 = s.data[i];
-    if (v2 < 0 || v2 >= n_slots)
-      throw_range(env, fn, "sortedSlots[" + std::to_string(i) + "] = " + std::to_string(v2) + " is outside [0, tokens·k = " +
-                               std::to_string(n_slots) + ")");
-    if (seen[v2]) throw_range(env, fn, "sortedSlots[" + std::to_string(i) + "] = " + std::to_string(v2) + " appears twice");
-    seen[v2] = 1;
-  }
-  return s;
-}
-
-int64_t get_k(Napi::Env env, const std::string& fn, const Napi::Value& v, const std::string& name = "k") {
-  int64_t k = get_dim(env, fn, name, v);
-  if (k > 256) throw_range(env, fn, name + " must be ≤ 256, got " + std::to_string(k));
-  return k;
 }
 
 // groupedLinear(xs [rows, in], expertOffsets, experts, options?: { activation, out })
@@ -211,6 +169,31 @@ Napi::Value CombineImpl(const Napi::CallbackInfo& info, bool async) {
 Napi::Value Combine(const Napi::CallbackInfo& i) { return CombineImpl(i, false); }
 Napi::Value CombineAsync(const Napi::CallbackInfo& i) { return CombineImpl(i, true); }
 
+// glu(h [rows, 2·n], options?: { activation, out }) → act(h[:, :n]) ⊙ h[:, n:]
+Napi::Value GluImpl(const Napi::CallbackInfo& info, bool async) {
+  Napi::Env env = info.Env();
+  const std::string fn = async ? "gluAsync" : "glu";
+  auto h = get_tensor<float>(env, fn, "h", info[0], 2, "[rows, 2·n]");
+  if (h.dim(1) % 2 != 0) throw_range(env, fn, "h.shape[1] must be even (gate columns then up columns), got " + std::to_string(h.dim(1)));
+  Napi::Value opts = info.Length() > 1 ? info[1] : env.Undefined();
+  Napi::Value av = get_option(env, fn, opts, "activation");
+  Activation act = is_absent(av) ? Activation::kSilu : get_activation(env, fn, av);
+  int64_t rows = h.dim(0), n = h.dim(1) / 2;
+  auto out = get_out(env, fn, get_option(env, fn, opts, "out"), rows * n, "y [rows, n]");
+  const float* hd = h.data();
+  float* od = out.data;
+  auto kernel = [=]() {
+    glu_rows(hd, rows, n, act, od);
+    return Status::Ok();
+  };
+  auto result = [rows, n](Napi::Env e, const std::vector<Napi::Value>& kept) -> Napi::Value {
+    return make_tensor(e, kept[0], {rows, n});
+  };
+  return run_op(env, async, fn, kernel, result, {out.value, h.array.value});
+}
+Napi::Value Glu(const Napi::CallbackInfo& i) { return GluImpl(i, false); }
+Napi::Value GluAsync(const Napi::CallbackInfo& i) { return GluImpl(i, true); }
+
 // Scratch for expertsForward, per calling thread, grown once and reused: the
 // steady state allocates nothing.
 struct ForwardWorkspace {
@@ -292,6 +275,8 @@ void RegisterExperts(Napi::Env env, Napi::Object exports) {
   exports.Set("permuteAsync", Napi::Function::New(env, PermuteAsync, "permuteAsync"));
   exports.Set("combine", Napi::Function::New(env, Combine, "combine"));
   exports.Set("combineAsync", Napi::Function::New(env, CombineAsync, "combineAsync"));
+  exports.Set("glu", Napi::Function::New(env, Glu, "glu"));
+  exports.Set("gluAsync", Napi::Function::New(env, GluAsync, "gluAsync"));
   exports.Set("expertsForward", Napi::Function::New(env, ExpertsForward, "expertsForward"));
   exports.Set("expertsForwardAsync", Napi::Function::New(env, ExpertsForwardAsync, "expertsForwardAsync"));
 }

@@ -139,6 +139,19 @@ export function combineAsync(
   return native.combineAsync(ys, plan.sortedSlots, plan.weights, plan.k, options);
 }
 
+/**
+ * Gated-linear-unit combine of a product whose first half of columns is the
+ * gate and second half the up projection: `act(h[:, :n]) ⊙ h[:, n:]` →
+ * `[rows, n]` (SwiGLU with silu, the default; GeGLU with gelu/gelu_tanh).
+ */
+export function glu(h: Float32Tensor, options?: GroupedOptions): Float32Tensor {
+  return native.glu(h, options);
+}
+
+export function gluAsync(h: Float32Tensor, options?: GroupedOptions): Promise<Float32Tensor> {
+  return native.gluAsync(h, options);
+}
+
 export interface ExpertsForwardOptions {
   /** Gate activation: silu (SwiGLU, default), gelu or gelu_tanh (GeGLU), relu. */
   activation?: ActivationName;

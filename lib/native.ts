@@ -9,6 +9,7 @@
 import * as path from 'node:path';
 import type { Float32Tensor } from './tensor';
 import type { PackedExperts, ExpertPlan } from './experts';
+import type { RouteOptions, RoutingPlan } from './routing';
 
 export type ActivationName = 'none' | 'relu' | 'gelu' | 'gelu_tanh' | 'silu';
 export type IsaName = 'scalar' | 'avx2' | 'avx512' | 'neon';
@@ -23,6 +24,34 @@ export interface PackedLinear {
   readonly kernel: string;
   /** Bytes of packed weight held in native memory. */
   readonly bytes: number;
+}
+
+/** Opaque N:M weight packed once for the N:M kernels (see prepackNM). */
+export interface PackedNMLinear {
+  /** Rows of W (out). */
+  readonly outFeatures: number;
+  /** Columns of W (in). */
+  readonly inFeatures: number;
+  readonly n: number;
+  readonly m: number;
+  /** Instruction set whose kernels it was packed for. */
+  readonly isa: IsaName;
+  /** Kernel that will run it, e.g. f32-nm2:4-avx2 (f32-nm-generic-avx2 for untuned patterns). */
+  readonly kernel: string;
+  /** Bytes held in native memory (with alignment padding). */
+  readonly bytes: number;
+  /** Bytes of weight a call reads from memory: values and index data, once. */
+  readonly bytesPerCall: number;
+}
+
+/** What the N:M functions accept as a matrix: NMSparseMatrix has exactly these fields. */
+export interface NativeNMParts {
+  rows: number;
+  cols: number;
+  n: number;
+  m: number;
+  values: Float32Array;
+  indices: Uint8Array;
 }
 
 export interface NativeLinearOptions {
@@ -69,11 +98,11 @@ export interface RawInfo {
   supportedIsas: IsaName[];
   compiledIsas: IsaName[];
   threads: number;
-  kernels: { dense: string; bsr: string };
+  kernels: { dense: string; routing?: string; bsr: string; nm?: string };
   cpu: Record<string, boolean>;
 }
 
-export interface NativeBinding {
+export interface NativeBinding extends NativeCudaBinding {
   info(): RawInfo;
   setNumThreads(n: number): void;
   getNumThreads(): number;
@@ -108,8 +137,129 @@ export interface NativeBinding {
   permuteAsync(x: Float32Tensor, sortedSlots: Int32Array, k: number, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
   combine(ys: Float32Tensor, sortedSlots: Int32Array, weights: Float32Array, k: number, options?: { out?: Float32Array | null }): Float32Tensor;
   combineAsync(ys: Float32Tensor, sortedSlots: Int32Array, weights: Float32Array, k: number, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
+  glu(h: Float32Tensor, options?: GroupedNativeOptions): Float32Tensor;
+  gluAsync(h: Float32Tensor, options?: GroupedNativeOptions): Promise<Float32Tensor>;
   expertsForward(x: Float32Tensor, plan: ExpertPlan, gateUp: PackedExperts, down: PackedExperts, options?: GroupedNativeOptions): Float32Tensor;
   expertsForwardAsync(x: Float32Tensor, plan: ExpertPlan, gateUp: PackedExperts, down: PackedExperts, options?: GroupedNativeOptions): Promise<Float32Tensor>;
+
+  route(logits: Float32Tensor, options?: RouteOptions): RoutingPlan;
+  routeAsync(logits: Float32Tensor, options?: RouteOptions): Promise<RoutingPlan>;
+  routeBackward(
+    logits: Float32Tensor,
+    plan: Pick<RoutingPlan, 'expertIds' | 'k'>,
+    gradWeights: Float32Array,
+    options?: RouteOptions,
+  ): Float32Tensor;
+  routeBackwardAsync(
+    logits: Float32Tensor,
+    plan: Pick<RoutingPlan, 'expertIds' | 'k'>,
+    gradWeights: Float32Array,
+    options?: RouteOptions,
+  ): Promise<Float32Tensor>;
+  updateSelectionBias(bias: Float32Array | Float32Tensor, tokensPerExpert: Int32Array, gamma: number): Float32Array;
+  nmPrune(w: Float32Tensor, n: number, m: number): { values: Float32Array; indices: Uint8Array };
+  nmFromMask(w: Float32Tensor, mask: Float32Tensor, n: number, m: number): { values: Float32Array; indices: Uint8Array };
+  nmValidate(parts: NativeNMParts): void;
+  nmToDense(parts: NativeNMParts): Float32Tensor;
+  nmMaskOf(parts: NativeNMParts): Float32Tensor;
+  nmPruneMask(w: Float32Tensor, n: number, m: number): Float32Tensor;
+  nmIsNM(a: Float32Tensor, n: number, m: number): boolean;
+  nmIsTuned(n: number, m: number): boolean;
+  srsteGrad(grad: Float32Tensor, w: Float32Tensor, mask: Float32Tensor, lambda: number, options?: { out?: Float32Array | null }): Float32Tensor;
+  nmRandom(rows: number, cols: number, n: number, m: number, seed: number, scale: number): { values: Float32Array; indices: Uint8Array };
+  nmToCutlass24(parts: NativeNMParts, dtype: 'float16' | 'bfloat16'): { values: Uint16Array; meta: Int16Array };
+  nmFromCutlass24(values: Uint16Array, meta: Int16Array | Uint16Array, rows: number, cols: number, dtype: 'float16' | 'bfloat16'): { values: Float32Array; indices: Uint8Array };
+  prepackNM(parts: NativeNMParts): PackedNMLinear;
+  nmLinear(x: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: NativeLinearOptions): Float32Tensor;
+  nmLinearAsync(x: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
+  nmLinearTransposed(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Float32Tensor;
+  nmLinearTransposedAsync(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
+}
+
+/** Opaque native objects of the CUDA backend (see lib/cuda.ts for the typed wrappers). */
+export interface NativeDeviceBuffer {
+  readonly shape: readonly number[];
+  readonly dtype: 'f32' | 'bf16' | 'i32';
+  readonly bytes: number;
+}
+export interface NativeDevicePlan {
+  readonly tokens: number;
+  readonly k: number;
+  readonly numExperts: number;
+  readonly rows: number;
+  readonly fromRoute: boolean;
+}
+export interface NativeDeviceBsr {
+  readonly shape: readonly [number, number];
+  readonly blockSize: readonly [number, number];
+  readonly nnzBlocks: number;
+  readonly dtype: 'f32' | 'bf16';
+}
+export interface NativeDeviceNM {
+  readonly shape: readonly [number, number];
+  readonly n: number;
+  readonly m: number;
+  readonly dtype: 'f32' | 'bf16';
+  readonly layout: 'cutlass-2:4' | 'values+indices';
+}
+export type NativeCudaStream = object;
+
+export interface RawCudaInfo {
+  available: boolean;
+  status: 'disabled' | 'no-plugin' | 'load-error' | 'abi-mismatch' | 'no-driver' | 'no-gpu' | 'unsupported-gpu' | 'available';
+  reason: string;
+  abi: number;
+  plugin?: string;
+  pluginAbi?: number;
+  searched: string[];
+  runtimeVersion?: number;
+  driverVersion?: number;
+  device?: { name: string; sm: number; multiprocessors: number; memory: number; count: number };
+  kernels?: string;
+}
+
+type Opts = Record<string, unknown> | undefined;
+
+export interface NativeCudaBinding {
+  cudaInfo(): RawCudaInfo;
+  cudaSetOption(name: string, value: number | boolean): void;
+  cudaMemoryStats(): { liveTensors: number; liveBytes: number };
+  cudaCreateStream(): NativeCudaStream;
+  cudaSynchronize(stream?: NativeCudaStream): void;
+  cudaSynchronizeAsync(stream?: NativeCudaStream): Promise<void>;
+  cudaToDevice(x: { data: Float32Array | Uint16Array | Int32Array; shape: readonly number[] }, options?: Opts): NativeDeviceBuffer;
+  cudaZeros(shape: readonly number[], dtype: string, options?: Opts): NativeDeviceBuffer;
+  cudaRandom(shape: readonly number[], options?: Opts): NativeDeviceBuffer;
+  cudaToHost(x: NativeDeviceBuffer, options?: Opts): { data: Float32Array | Int32Array | Uint16Array; shape: number[] };
+  cudaToHostAsync(x: NativeDeviceBuffer, options?: Opts): Promise<{ data: Float32Array | Int32Array | Uint16Array; shape: number[] }>;
+  cudaDispose(x: object): void;
+  cudaLinear(x: NativeDeviceBuffer, w: NativeDeviceBuffer, options?: Opts): NativeDeviceBuffer;
+  cudaLinearAsync(x: NativeDeviceBuffer, w: NativeDeviceBuffer, options?: Opts): Promise<NativeDeviceBuffer>;
+  cudaToDevicePlan(plan: { sortedSlots: Int32Array; expertOffsets: Int32Array; weights: Float32Array; k: number }, options?: Opts): NativeDevicePlan;
+  cudaPlanToHost(plan: NativeDevicePlan): Record<string, unknown>;
+  cudaPlanToHostAsync(plan: NativeDevicePlan): Promise<Record<string, unknown>>;
+  cudaRoute(logits: NativeDeviceBuffer, options: Opts): NativeDevicePlan;
+  cudaRouteAsync(logits: NativeDeviceBuffer, options: Opts): Promise<NativeDevicePlan>;
+  cudaGroupedLinear(xs: NativeDeviceBuffer, plan: NativeDevicePlan, w: NativeDeviceBuffer, options?: Opts): NativeDeviceBuffer;
+  cudaGroupedLinearAsync(xs: NativeDeviceBuffer, plan: NativeDevicePlan, w: NativeDeviceBuffer, options?: Opts): Promise<NativeDeviceBuffer>;
+  cudaGroupedGatedLinear(xs: NativeDeviceBuffer, plan: NativeDevicePlan, gate: NativeDeviceBuffer, up: NativeDeviceBuffer, options?: Opts): NativeDeviceBuffer;
+  cudaGroupedGatedLinearAsync(xs: NativeDeviceBuffer, plan: NativeDevicePlan, gate: NativeDeviceBuffer, up: NativeDeviceBuffer, options?: Opts): Promise<NativeDeviceBuffer>;
+  cudaPermute(x: NativeDeviceBuffer, plan: NativeDevicePlan, options?: Opts): NativeDeviceBuffer;
+  cudaPermuteAsync(x: NativeDeviceBuffer, plan: NativeDevicePlan, options?: Opts): Promise<NativeDeviceBuffer>;
+  cudaCombine(ys: NativeDeviceBuffer, plan: NativeDevicePlan, options?: Opts): NativeDeviceBuffer;
+  cudaCombineAsync(ys: NativeDeviceBuffer, plan: NativeDevicePlan, options?: Opts): Promise<NativeDeviceBuffer>;
+  cudaAddRowsInto(y: NativeDeviceBuffer, s: NativeDeviceBuffer, gate: NativeDeviceBuffer | null, options?: Opts): void;
+  cudaToDeviceBsr(w: object, options?: Opts): NativeDeviceBsr;
+  cudaBsrValues(w: NativeDeviceBsr): NativeDeviceBuffer;
+  cudaBsrLinear(x: NativeDeviceBuffer, w: NativeDeviceBsr, options?: Opts): NativeDeviceBuffer;
+  cudaBsrLinearAsync(x: NativeDeviceBuffer, w: NativeDeviceBsr, options?: Opts): Promise<NativeDeviceBuffer>;
+  cudaSddmm(a: NativeDeviceBuffer, b: NativeDeviceBuffer, mask: NativeDeviceBsr, options?: Opts): NativeDeviceBsr;
+  cudaSddmmAsync(a: NativeDeviceBuffer, b: NativeDeviceBuffer, mask: NativeDeviceBsr, options?: Opts): Promise<NativeDeviceBsr>;
+  cudaPackCutlass24(w: Float32Tensor): { values: Uint16Array; meta: Uint16Array };
+  cudaToDeviceNM24(w: object, options?: Opts): NativeDeviceNM;
+  cudaToDeviceNM(w: Float32Tensor, options?: Opts): NativeDeviceNM;
+  cudaNMLinear(x: NativeDeviceBuffer, w: NativeDeviceNM, options?: Opts): NativeDeviceBuffer;
+  cudaNMLinearAsync(x: NativeDeviceBuffer, w: NativeDeviceNM, options?: Opts): Promise<NativeDeviceBuffer>;
 }
 
 export interface GroupedNativeOptions {

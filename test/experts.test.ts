@@ -265,3 +265,32 @@ test('expertsForward: dropped slots pass through as 0; out buffer reused; worksp
     { label: 'raw PackedExperts ctor', call: () => new (native as unknown as { PackedExperts: new (...a: unknown[]) => unknown }).PackedExperts(1), error: TypeError, message: /use prepackExperts/ },
   ]);
 }
+
+{
+  const { glu, gluAsync } = require('../lib/index') as typeof import('../lib/index');
+  const { activate } = require('./reference/dense') as typeof import('./reference/dense');
+  checkOp({
+    name: 'glu',
+    samples: () => {
+      const rng = new Rng(66);
+      return ([[1, 1], [7, 33], [40, 16], [129, 5]] as const).map(([r, n], i) => ({
+        label: `rows=${r} n=${n}`,
+        inputs: { h: { data: rng.floats(r * 2 * n, 3), shape: [r, 2 * n] }, act: (['silu', 'gelu', 'gelu_tanh', 'relu'] as Act[])[i] },
+      }));
+    },
+    run: (s) => glu(s.h, { activation: s.act }),
+    runAsync: (s) => gluAsync(s.h, { activation: s.act }),
+    reference: (s) => {
+      const [r, n2] = s.h.shape;
+      const n = n2 / 2;
+      const y = new Float64Array(r * n);
+      for (let i = 0; i < r; i++) for (let j = 0; j < n; j++) y[i * n + j] = activate(s.h.data[i * n2 + j], s.act) * s.h.data[i * n2 + n + j];
+      return y;
+    },
+    tolerance: 1e-6,
+  });
+  checkBadInputs('glu', [
+    { label: 'odd width', call: () => glu({ data: new Float32Array(3), shape: [1, 3] }), error: RangeError, message: /^glu: h\.shape\[1\] must be even/ },
+    { label: 'not a tensor', call: () => glu(new Float32Array(4) as never), error: TypeError, message: /^glu: h must be a tensor/ },
+  ]);
+}

@@ -13,6 +13,7 @@
 #include "sparsekit/dense.h"
 #include "sparsekit/runtime.h"
 #include "sparsekit/thread_pool.h"
+#include "routing_tests.h"
 
 using namespace sparsekit;
 
@@ -230,6 +231,8 @@ int main() {
     std::printf("linear %s (%s): checked\n", isa_name(isa), dense_kernels(isa)->name);
     test_bsr_isa(isa, rng);
     std::printf("bsr %s (%s): checked\n", isa_name(isa), bsr_kernels(isa)->name);
+    failures += routing_tests::run(isa, rng);
+    std::printf("routing %s (%s): checked\n", isa_name(isa), routing_kernels(isa)->name);
   }
   CHECK(ran >= 1, "no ISA variant ran");
   std::printf("%d failures\n", failures);

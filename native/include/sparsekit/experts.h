@@ -43,6 +43,10 @@ void permute_rows(const float* x, int64_t d, const int32_t* sorted_slots, int64_
 void combine_rows(const float* ys, int64_t d, const int32_t* row_of_slot, const float* weights, int64_t tokens,
                   int64_t k, float* y);
 
+// Gated-linear-unit combine: y[r, j] = act(h[r, j]) · h[r, n + j] for h [rows, 2n]
+// (gate columns first, then up columns) → y [rows, n].
+void glu_rows(const float* h, int64_t rows, int64_t n, Activation act, float* y);
+
 // row_of_slot[s] = i where sorted_slots[i] = s, −1 for slots not listed.
 void invert_slots(const int32_t* sorted_slots, int64_t n_rows, int64_t n_slots, int32_t* row_of_slot);
 

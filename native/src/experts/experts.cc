@@ -6,6 +6,7 @@
 #include <cstring>
 #include <new>
 
+#include "../common/simd.h"
 #include "sparsekit/runtime.h"
 #include "sparsekit/thread_pool.h"
 
@@ -81,6 +82,18 @@ void combine_rows(const float* ys, int64_t d, const int32_t* row_of_slot, const 
         const float* src = ys + static_cast<int64_t>(r) * d;
         for (int64_t i = 0; i < d; ++i) out[i] += wgt * src[i];
       }
+    }
+  });
+}
+
+void glu_rows(const float* h, int64_t rows, int64_t n, Activation act, float* y) {
+  int64_t chunk = 8;
+  ThreadPool::instance().parallel_for((rows + chunk - 1) / chunk, [&](int64_t t, int) {
+    int64_t r1 = (t + 1) * chunk < rows ? (t + 1) * chunk : rows;
+    for (int64_t r = t * chunk; r < r1; ++r) {
+      float* out = y + r * n;
+      std::memcpy(out, h + r * 2 * n, sizeof(float) * n);
+      sk_gate_row(out, h + r * 2 * n + n, n, act);
     }
   });
 }
