@@ -275,10 +275,7 @@ struct BsrImpl {
     const int64_t nr = static_cast<int64_t>(Cfg::kNrv[opt]) * W;
     const int64_t tiles = sk_ceil_div(m, nr);
 
-    float* xp = thread_workspace(static_cast<size_t>(tiles * nr * k), 0);
-    if (!xp) return kBsrOutOfMemory;
     const PackFn pack = pack_x(opt);
-    pool.parallel_for(tiles, [&](int64_t t, int) { pack(x, m, k, t, t + 1, xp); });
 
     Ukernel uks[RMAX];
     for (int r = 1; r <= RMAX && r <= gs.rows(0); ++r) uks[r - 1] = ukernel(opt, bc, r);
@@ -314,9 +311,21 @@ struct BsrImpl {
     // Row groups in row order, cut into chunks of about equal work (kept
     // k steps × rows, plus the store). Any cut gives the same bits.
     const int64_t groups = nbr * gs.count;
-    int64_t chunks = threads > 1 ? sk_ceil_div(static_cast<int64_t>(threads) * 8, tile_groups) : 1;
+    // With enough token tiles for every thread, a task is a whole tile group
+    // over all rows and packs its own x panels just before use (they stay in
+    // L2, and no separate packing pass is needed). With few tiles (decode),
+    // tasks also split the rows, and x is packed first for all of them.
+    const bool own_panels = tile_groups >= 4 * static_cast<int64_t>(threads);
+    int64_t chunks = threads > 1 && !own_panels ? sk_ceil_div(static_cast<int64_t>(threads) * 8, tile_groups) : 1;
     if (chunks > groups) chunks = groups;
     if (chunks < 1) chunks = 1;
+    float* xp = nullptr;
+    if (!own_panels) {
+      xp = thread_workspace(static_cast<size_t>(tiles * nr * k), 0);
+      if (!xp) return kBsrOutOfMemory;
+      pool.parallel_for(tiles, [&](int64_t t, int) { pack(x, m, k, t, t + 1, xp); });
+    }
+    std::atomic<bool> oom{false};
     ScratchArray<int64_t> bounds(chunks + 1);
     if (!bounds.data()) return kBsrOutOfMemory;
     {
@@ -344,6 +353,19 @@ struct BsrImpl {
       const int64_t g0 = bnd[chunk], g1 = bnd[chunk + 1];
       if (g0 >= g1) return;
       const int64_t tile0 = tgi * tg, ntiles = sk_min64(tg, tiles - tile0);
+      const float* panels = nullptr;  // x panels of tiles tile0 .. tile0 + ntiles - 1
+      if (own_panels) {
+        // Each thread's own slot-2 buffer (this runs on pool threads).
+        float* buf = thread_workspace(static_cast<size_t>(tg * nr * k), 2);
+        if (!buf) {
+          oom = true;
+          return;
+        }
+        pack(x + tile0 * nr * k, m - tile0 * nr, k, 0, ntiles, buf);
+        panels = buf;
+      } else {
+        panels = xp + tile0 * k * nr;
+      }
       // yᵀ of a run of consecutive rows, per tile, is staged here, then
       // written to y token by token as contiguous row segments. Writing each
       // micro-tile straight to y would touch tv lines n floats apart per group,
@@ -379,7 +401,7 @@ struct BsrImpl {
             }
             const float* a = w.packed + p0 * br * bc + gs.first_row(g) * (p1 - p0) * bc + (lo - p0) * bc * rows;
             for (int64_t t = 0; t < ntiles; ++t)
-              uks[rows - 1](hi - lo, w.col_idx + lo, a, xp + (tile0 + t) * k * nr, bc, stage + t * stage_stride + off * nr,
+              uks[rows - 1](hi - lo, w.col_idx + lo, a, panels + t * k * nr, bc, stage + t * stage_stride + off * nr,
                             sl > 0);
             off += rows;
           }
@@ -395,7 +417,7 @@ struct BsrImpl {
         ga = gb;
       }
     });
-    return kBsrOk;
+    return oom ? kBsrOutOfMemory : kBsrOk;
   }
 
   // sddmm picks the dense micro-kernel's tile when its width NR divides the
