@@ -103,6 +103,11 @@ struct TypedArrayTraits<uint8_t> {
   static constexpr napi_typedarray_type kind = napi_uint8_array;
   static constexpr const char* name = "Uint8Array";
 };
+template <>
+struct TypedArrayTraits<int16_t> {
+  static constexpr napi_typedarray_type kind = napi_int16_array;
+  static constexpr const char* name = "Int16Array";
+};
 
 // A typed array of exactly element type T.
 template <class T>

@@ -20,8 +20,10 @@ struct AddonData {
 inline AddonData* addon_data(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 
 void RegisterDense(Napi::Env env, Napi::Object exports);
+void RegisterBsr(Napi::Env env, Napi::Object exports);
 void RegisterExperts(Napi::Env env, Napi::Object exports);
 void RegisterRouting(Napi::Env env, Napi::Object exports);
+void RegisterNM(Napi::Env env, Napi::Object exports);
 void RegisterCuda(Napi::Env env, Napi::Object exports);
 
 }  // namespace binding

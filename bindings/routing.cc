@@ -80,21 +80,12 @@ ArrayArg<float> get_float_vector(Napi::Env env, const std::string& fn, const std
 
 void check_finite(Napi::Env env, const std::string& fn, const std::string& name, const float* p, int64_t n,
                   int64_t row) {
-  // Branch-free scan first (vectorises); locate the culprit only on failure.
-  uint32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, p + i, 4);
-    bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
-  }
-  if (!bad) return;
-  for (int64_t i = 0; i < n; ++i) {
-    if (std::isfinite(p[i])) continue;
-    std::string where = row > 0 ? " (token " + std::to_string(i / row) + ", expert " + std::to_string(i % row) + ")" : "";
-    throw_range(env, fn, name + " must be finite: element " + std::to_string(i) + where + " is " +
-                             (std::isnan(p[i]) ? "NaN" : (p[i] > 0 ? "Infinity" : "-Infinity")) +
-                             " (mask an expert with a large negative finite logit instead)");
-  }
+  int64_t i = find_non_finite(p, n);
+  if (i < 0) return;
+  std::string where = row > 0 ? " (token " + std::to_string(i / row) + ", expert " + std::to_string(i % row) + ")" : "";
+  throw_range(env, fn, name + " must be finite: element " + std::to_string(i) + where + " is " +
+                           (std::isnan(p[i]) ? "NaN" : (p[i] > 0 ? "Infinity" : "-Infinity")) +
+                           " (mask an expert with a large negative finite logit instead)");
 }
 
 const char* mode_name(RouteMode m) {

@@ -10,6 +10,17 @@ import { cuda, type CudaBackendInfo } from './cuda';
 export { linear, linearAsync, prepackLinear } from './dense';
 export type { LinearOptions, ActivationName, PackedLinear } from './dense';
 export {
+  BlockSparseMatrix,
+  prepackBsrLinear,
+  bsrLinear,
+  bsrLinearAsync,
+  bsrLinearTransposed,
+  bsrLinearTransposedAsync,
+  sddmm,
+  sddmmAsync,
+} from './bsr';
+export type { BlockSparseParts, FromDenseOptions, RandomBsrOptions, OutOption, PackedBsrLinear } from './bsr';
+export {
   prepackExperts,
   prepackGatedExperts,
   groupedLinear,
@@ -46,6 +57,19 @@ export type {
   DropPolicy,
   RoutingPresetName,
 } from './routing';
+export {
+  NMSparseMatrix,
+  nmMask,
+  isNM,
+  srsteGrad,
+  isTunedPattern,
+  prepackNM,
+  nmLinear,
+  nmLinearAsync,
+  nmLinearTransposed,
+  nmLinearTransposedAsync,
+} from './nm';
+export type { NMPattern, NMParts, Cutlass24, NMLinearOptions, PackedNMLinear } from './nm';
 export { cuda, DeviceTensor, DevicePlan, DeviceBsr, DeviceNM, CudaStream, CudaUnavailableError } from './cuda';
 export { DeviceMoELayer } from './cuda_moe';
 export type { DeviceMoEForward } from './cuda_moe';
@@ -116,3 +140,5 @@ export type { TensorInfo, TensorToSave } from './safetensors';
 
 export { MoELayer, moePresets } from './moe';
 export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';
+export { SparseExperts, sparseExpertsForward, sparsePlainExpertsForward } from './sparse-experts';
+export type { SparseExpertFormat } from './sparse-experts';

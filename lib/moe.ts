@@ -25,6 +25,7 @@ import {
 } from './experts';
 import { route, routeAsync, routingPresets, type RouteOptions, type RoutingPlan, type RoutingPresetName } from './routing';
 import type { Float32Tensor } from './tensor';
+import { SparseExperts, sparseExpertsForward, sparsePlainExpertsForward, type SparseExpertFormat } from './sparse-experts';
 
 /** Anything that serves named tensors: a SafetensorsFile, or several (sharded checkpoints). */
 export interface TensorSource {
@@ -218,6 +219,7 @@ export class MoELayer {
   private sharedDown?: PackedExperts;
   private sharedGateW?: PackedLinear;
   private format: string = 'dense';
+  private sparse?: { first: SparseExperts; down: SparseExperts };
 
   constructor(config: MoEConfig, weights: MoEWeights) {
     const { dModel: d, dFF: f, numExperts: E } = config;
@@ -274,7 +276,7 @@ export class MoELayer {
     }
   }
 
-  /** Expert weight format currently used: 'dense' (see sparsifyExperts). */
+  /** Expert weight format currently used: 'dense', 'bsr' or 'nm' (see sparsifyExperts). */
   get expertFormat(): string {
     return this.format;
   }
@@ -315,6 +317,16 @@ export class MoELayer {
     const T = x.shape[0];
     const d = this.config.dModel;
     if (plan.sortedSlots.length === 0) return { data: new Float32Array(T * d), shape: [T, d] };
+    if (this.sparse) {
+      const act = this.architecture.activation;
+      return this.architecture.gated
+        ? sparseExpertsForward(x, plan, this.sparse.first, this.sparse.down, { activation: act })
+        : sparsePlainExpertsForward(x, plan, this.sparse.first, this.sparse.down, {
+            activation: act,
+            b1: this.weights.b1?.data ?? null,
+            b2: this.weights.b2?.data ?? null,
+          });
+    }
     if (this.gateUp) return expertsForward(x, plan, this.gateUp, this.w2, { activation: this.architecture.activation });
     const xs = permute(x, plan);
     const h = groupedLinear(xs, plan.expertOffsets, this.w1!, { activation: this.architecture.activation });
@@ -338,9 +350,60 @@ export class MoELayer {
     const T = x.shape[0];
     let routed: Float32Tensor;
     if (plan.sortedSlots.length === 0) routed = { data: new Float32Array(T * this.config.dModel), shape: [T, this.config.dModel] };
+    else if (this.sparse) routed = this.routedExperts(x, plan);
     else if (this.gateUp) routed = await expertsForwardAsync(x, plan, this.gateUp, this.w2, { activation: this.architecture.activation });
     else routed = this.routedExperts(x, plan);
     return this.finish(x, plan, routed);
+  }
+
+  /**
+   * Prunes every routed expert's matrices — `{ format: 'bsr', blockSize,
+   * density }` (blocks of largest L2 norm) or `{ format: 'nm', n, m }` (N
+   * largest |w| of every M) — and runs the experts on the sparse kernels from
+   * now on. Gated experts prune gate and up as one `[2·ffn, d]` matrix each.
+   * Shared experts and the router stay dense. Returns the relative output
+   * error ‖y_sparse − y_dense‖ / ‖y_dense‖ on the caller's calibration batch,
+   * and the fraction of expert weights kept. Call `densify()` to go back.
+   */
+  sparsifyExperts(spec: SparseExpertFormat, calibration: Float32Tensor): { relativeError: number; density: number } {
+    this.checkX(calibration);
+    this.sparse = undefined;
+    const ref = this.forward(calibration).y.data;
+    const w = this.weights;
+    const { numExperts: E, dModel: d, dFF: f } = this.config;
+    let first: SparseExperts;
+    if (this.architecture.gated) {
+      const gu = new Float32Array(E * 2 * f * d);
+      for (let e = 0; e < E; e++) {
+        if (w.gateUp) gu.set(w.gateUp.data.subarray(e * 2 * f * d, (e + 1) * 2 * f * d), e * 2 * f * d);
+        else {
+          gu.set(w.gate!.data.subarray(e * f * d, (e + 1) * f * d), e * 2 * f * d);
+          gu.set(w.up!.data.subarray(e * f * d, (e + 1) * f * d), (e * 2 + 1) * f * d);
+        }
+      }
+      first = SparseExperts.prune({ data: gu, shape: [E, 2 * f, d] }, spec);
+    } else {
+      first = SparseExperts.prune(w.w1!, spec);
+    }
+    const down = SparseExperts.prune(w.down, spec);
+    this.sparse = { first, down };
+    this.format = spec.format;
+    const y = this.forward(calibration).y.data;
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < y.length; i++) {
+      num += (y[i] - ref[i]) ** 2;
+      den += ref[i] ** 2;
+    }
+    const kept = (first.density * first.outFeatures * first.inFeatures + down.density * down.outFeatures * down.inFeatures) /
+      (first.outFeatures * first.inFeatures + down.outFeatures * down.inFeatures);
+    return { relativeError: den === 0 ? Math.sqrt(num) : Math.sqrt(num / den), density: kept };
+  }
+
+  /** Returns the experts to their dense weights. */
+  densify(): void {
+    this.sparse = undefined;
+    this.format = 'dense';
   }
 
   /** The dense weights this layer was built from (checkpoint layout). */

@@ -26,10 +26,69 @@ export interface PackedLinear {
   readonly bytes: number;
 }
 
+/** Opaque N:M weight packed once for the N:M kernels (see prepackNM). */
+export interface PackedNMLinear {
+  /** Rows of W (out). */
+  readonly outFeatures: number;
+  /** Columns of W (in). */
+  readonly inFeatures: number;
+  readonly n: number;
+  readonly m: number;
+  /** Instruction set whose kernels it was packed for. */
+  readonly isa: IsaName;
+  /** Kernel that will run it, e.g. f32-nm2:4-avx2 (f32-nm-generic-avx2 for untuned patterns). */
+  readonly kernel: string;
+  /** Bytes held in native memory (with alignment padding). */
+  readonly bytes: number;
+  /** Bytes of weight a call reads from memory: values and index data, once. */
+  readonly bytesPerCall: number;
+}
+
+/** What the N:M functions accept as a matrix: NMSparseMatrix has exactly these fields. */
+export interface NativeNMParts {
+  rows: number;
+  cols: number;
+  n: number;
+  m: number;
+  values: Float32Array;
+  indices: Uint8Array;
+}
+
 export interface NativeLinearOptions {
   bias?: Float32Array | Float32Tensor | null;
   activation?: ActivationName;
   out?: Float32Array | null;
+}
+
+/** Opaque block-sparse weight packed once for the bsrLinear kernel (see prepackBsrLinear). */
+export interface PackedBsrLinear {
+  readonly outFeatures: number;
+  readonly inFeatures: number;
+  readonly blockSize: [number, number];
+  readonly nnzBlocks: number;
+  /** Kept blocks / all blocks. */
+  readonly density: number;
+  /** Instruction set whose kernel layout it was packed for. */
+  readonly isa: IsaName;
+  /** Name of the kernel that will run it, e.g. f32-bsr-6x16-avx2-fma. */
+  readonly kernel: string;
+  /** Bytes held in native memory (values and structure). */
+  readonly bytes: number;
+}
+
+/** What the raw binding reads from a block-sparse argument (BlockSparseMatrix is one). */
+export interface RawBsr {
+  readonly shape: readonly number[];
+  readonly blockSize: readonly number[];
+  readonly rowPtr: Int32Array;
+  readonly colIdx: Int32Array;
+  readonly values?: Float32Array;
+}
+
+export interface RawBsrParts {
+  rowPtr: Int32Array;
+  colIdx: Int32Array;
+  values: Float32Array;
 }
 
 export interface RawInfo {
@@ -39,7 +98,7 @@ export interface RawInfo {
   supportedIsas: IsaName[];
   compiledIsas: IsaName[];
   threads: number;
-  kernels: { dense: string; routing?: string };
+  kernels: { dense: string; routing?: string; bsr: string; nm?: string };
   cpu: Record<string, boolean>;
 }
 
@@ -51,6 +110,22 @@ export interface NativeBinding extends NativeCudaBinding {
   prepackLinear(w: Float32Tensor): PackedLinear;
   linear(x: Float32Tensor, w: Float32Tensor | PackedLinear, options?: NativeLinearOptions): Float32Tensor;
   linearAsync(x: Float32Tensor, w: Float32Tensor | PackedLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
+  bsrValidate(parts: RawBsr, fnName?: string): void;
+  bsrToDense(w: RawBsr): Float32Array;
+  bsrTranspose(w: RawBsr): RawBsrParts;
+  bsrFromDense(w: Float32Tensor, blockSize: readonly number[], options?: { density?: number; threshold?: number }): RawBsrParts;
+  bsrFromMask(w: Float32Tensor, blockMask: { data: Uint8Array; shape: readonly number[] }): RawBsrParts & { blockSize: [number, number] };
+  prepackBsrLinear(w: RawBsr): PackedBsrLinear;
+  bsrLinear(x: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: NativeLinearOptions): Float32Tensor;
+  bsrLinearAsync(x: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
+  bsrLinearTransposed(dy: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: { out?: Float32Array | null }): Float32Tensor;
+  bsrLinearTransposedAsync(
+    dy: Float32Tensor,
+    w: RawBsr | PackedBsrLinear,
+    options?: { out?: Float32Array | null },
+  ): Promise<Float32Tensor>;
+  sddmm(a: Float32Tensor, b: Float32Tensor, mask: RawBsr, options?: { out?: Float32Array | null }): Float32Array;
+  sddmmAsync(a: Float32Tensor, b: Float32Tensor, mask: RawBsr, options?: { out?: Float32Array | null }): Promise<Float32Array>;
 
   prepackExperts(w: Float32Tensor, options?: { bias?: Float32Tensor | null }): PackedExperts;
   prepackGatedExperts(gate: Float32Tensor, up?: Float32Tensor): PackedExperts;
@@ -82,6 +157,23 @@ export interface NativeBinding extends NativeCudaBinding {
     options?: RouteOptions,
   ): Promise<Float32Tensor>;
   updateSelectionBias(bias: Float32Array | Float32Tensor, tokensPerExpert: Int32Array, gamma: number): Float32Array;
+  nmPrune(w: Float32Tensor, n: number, m: number): { values: Float32Array; indices: Uint8Array };
+  nmFromMask(w: Float32Tensor, mask: Float32Tensor, n: number, m: number): { values: Float32Array; indices: Uint8Array };
+  nmValidate(parts: NativeNMParts): void;
+  nmToDense(parts: NativeNMParts): Float32Tensor;
+  nmMaskOf(parts: NativeNMParts): Float32Tensor;
+  nmPruneMask(w: Float32Tensor, n: number, m: number): Float32Tensor;
+  nmIsNM(a: Float32Tensor, n: number, m: number): boolean;
+  nmIsTuned(n: number, m: number): boolean;
+  srsteGrad(grad: Float32Tensor, w: Float32Tensor, mask: Float32Tensor, lambda: number, options?: { out?: Float32Array | null }): Float32Tensor;
+  nmRandom(rows: number, cols: number, n: number, m: number, seed: number, scale: number): { values: Float32Array; indices: Uint8Array };
+  nmToCutlass24(parts: NativeNMParts, dtype: 'float16' | 'bfloat16'): { values: Uint16Array; meta: Int16Array };
+  nmFromCutlass24(values: Uint16Array, meta: Int16Array | Uint16Array, rows: number, cols: number, dtype: 'float16' | 'bfloat16'): { values: Float32Array; indices: Uint8Array };
+  prepackNM(parts: NativeNMParts): PackedNMLinear;
+  nmLinear(x: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: NativeLinearOptions): Float32Tensor;
+  nmLinearAsync(x: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
+  nmLinearTransposed(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Float32Tensor;
+  nmLinearTransposedAsync(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
 }
 
 /** Opaque native objects of the CUDA backend (see lib/cuda.ts for the typed wrappers). */

@@ -7,6 +7,8 @@ import {
   routeBackward,
   routeBackwardAsync,
   routingPresets,
+  permute,
+  combine,
   updateSelectionBias,
   info,
   type RouteOptions,
@@ -566,6 +568,35 @@ test('route: inputs are never modified; results are plain typed arrays', async (
   assert.deepEqual([logits.data, bias, noise], copies);
   assert.ok(p.expertIds instanceof Int32Array && p.weights instanceof Float32Array);
   assert.equal(p.aux.loadBalance!.grad!.length, 20 * 16);
+});
+
+test('route plans feed the experts ops: permute/combine over kept slots (top-k with drops, expert choice with padding)', () => {
+  const rng = new Rng(15);
+  const T = 40;
+  const E = 8;
+  const d = 5;
+  const x = randLogits(rng, T, d, 1);
+  const logits = randLogits(rng, T, E);
+  for (const o of [
+    { k: 2, capacityFactor: 0.5, renormalize: true },
+    { ...routingPresets.gshard, seed: 3 },
+    { mode: 'expert-choice', capacityFactor: 1.5 },
+    { mode: 'expert-choice', capacityFactor: 0.25, renormalize: true },
+  ] as RouteOptions[]) {
+    const plan = route(logits, o);
+    const xs = permute(x, plan);
+    assert.equal(xs.shape[0], plan.sortedSlots.length);
+    const y = combine(xs, plan);
+    const kept = new Set(plan.sortedSlots);
+    for (let t = 0; t < T; t++) {
+      let w = 0;
+      for (let j = 0; j < plan.k; j++) if (kept.has(t * plan.k + j)) w += plan.weights[t * plan.k + j];
+      for (let c = 0; c < d; c++) {
+        const want = w * x.data[t * d + c];
+        assert.ok(Math.abs(y.data[t * d + c] - want) < 1e-5, `${JSON.stringify(o)} token ${t}`);
+      }
+    }
+  }
 });
 
 test('routeAsync: concurrent calls all resolve to the sync result', async () => {

@@ -92,6 +92,10 @@ Status route(const float* logits, int64_t tokens, int64_t experts, const RouteOp
 Status route_backward(const float* logits, int64_t tokens, int64_t experts, const RouteOptions& opts,
                       const int32_t* expert_ids, int64_t k, const float* grad_weights, Isa isa, float* grad_logits);
 
+// Index of the first NaN or ±Infinity in p[0..n), or −1. Multi-threaded and
+// vectorised: the binding checks every logit before routing.
+int64_t find_non_finite(const float* p, int64_t n);
+
 // DeepSeek-V3 auxiliary-loss-free balancing: out_i = bias_i + γ·sign(mean − load_i).
 void update_selection_bias(const float* bias, const int32_t* tokens_per_expert, int64_t experts, float gamma,
                            float* out);

@@ -10,6 +10,7 @@
 // blocks in block order, so every slot lands at the same position whichever
 // thread scatters it; loss partial sums are added over blocks in order.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -54,6 +55,31 @@ int64_t route_capacity(RouteMode mode, int64_t tokens, int64_t experts, int64_t 
   if (!(c >= 1)) c = 1;
   if (c > t) c = t;  // an expert can take each token at most once
   return static_cast<int64_t>(c);
+}
+
+int64_t find_non_finite(const float* p, int64_t n) {
+  const int64_t chunk = 1 << 16;
+  std::atomic<int64_t> first{std::numeric_limits<int64_t>::max()};
+  ThreadPool::instance().parallel_for((n + chunk - 1) / chunk, [&](int64_t c, int) {
+    const int64_t i0 = c * chunk, i1 = std::min(n, i0 + chunk);
+    // Branch-free scan (vectorises); locate the culprit only on failure.
+    uint32_t bad = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      uint32_t u;
+      std::memcpy(&u, p + i, 4);
+      bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+    }
+    if (!bad) return;
+    for (int64_t i = i0; i < i1; ++i) {
+      if (std::isfinite(p[i])) continue;
+      int64_t cur = first.load();
+      while (i < cur && !first.compare_exchange_weak(cur, i)) {
+      }
+      return;
+    }
+  });
+  int64_t f = first.load();
+  return f == std::numeric_limits<int64_t>::max() ? -1 : f;
 }
 
 void update_selection_bias(const float* bias, const int32_t* tpe, int64_t experts, float gamma, float* out) {

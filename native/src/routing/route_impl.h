@@ -5,12 +5,16 @@
 // all experts, only where needed) → selection keys → group-limited top-k →
 // weights (renormalise, scale) → the block's histogram and loss partials.
 //
-// The exp/softmax/sigmoid loops are plain loops over arrays with no calls or
-// branches, so each ISA file's flags auto-vectorise them; reductions keep
-// LANES partial sums combined in a fixed order, which vectorises without
-// -ffast-math and gives the same bits whichever thread runs the row. The
-// selection itself (top-k over packed 64-bit keys) is branchy scalar code, the
-// same for every ISA.
+// The exp/softmax/sigmoid/max rows use GCC vector extensions of LANES floats,
+// which each ISA file's flags lower to its own instructions (AVX2 ymm, AVX-512
+// zmm, NEON q, SSE2 pairs in the baseline build): the loop over sk_exp does
+// not auto-vectorise (GCC threads the clamps into constant branches and will
+// not if-convert the float→int conversion without -fno-trapping-math). Tails
+// go through the same vector code on a padded copy, and single values through
+// lane 0 of it, so equal inputs give equal scores wherever they sit in a row.
+// Reductions keep LANES partial sums combined in a fixed order: the same bits
+// whichever thread runs the row. The selection itself (top-k over packed
+// 64-bit keys) is branchy scalar code, the same for every ISA.
 //
 // Everything here has internal linkage (see the note in simd.h): the std
 // algorithms are only instantiated with comparator types from this anonymous
@@ -25,8 +29,18 @@
 #include "route_job.h"
 #include "sparsekit/memory.h"
 
+// Vector-extension values are only passed between always-inline functions.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace sparsekit {
 namespace {  // internal linkage: see simd.h
+
+template <int W>
+struct RkVec {
+  typedef float F __attribute__((vector_size(W * 4)));
+  typedef int32_t I __attribute__((vector_size(W * 4)));
+  typedef double D __attribute__((vector_size(W * 8)));
+};
 
 struct RkKeyGreater {
   bool operator()(uint64_t a, uint64_t b) const { return a > b; }
@@ -53,18 +67,64 @@ struct RouteImpl {
 
   // ---- vectorisable row primitives -----------------------------------------
 
-  static SK_INLINE float row_max(const float* __restrict x, int64_t n) {
-    float acc[L];
-    for (int l = 0; l < L; ++l) acc[l] = -INFINITY;
-    int64_t i = 0;
-    for (; i + L <= n; i += L) {
-#pragma GCC unroll 16
-      for (int l = 0; l < L; ++l) acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
+  using F = typename RkVec<L>::F;
+  using I = typename RkVec<L>::I;
+  using D = typename RkVec<L>::D;
+
+  static SK_INLINE F vsplat(float a) { return F{} + a; }
+  static SK_INLINE F vload(const float* p) {
+    F v;
+    std::memcpy(&v, p, sizeof(F));
+    return v;
+  }
+  // Lanes [i, i + L) of x; lanes at or past n read `fill`.
+  static SK_INLINE F vload_part(const float* x, int64_t i, int64_t n, float fill) {
+    if (i + L <= n) return vload(x + i);
+    alignas(64) float tmp[L];
+    for (int l = 0; l < L; ++l) tmp[l] = i + l < n ? x[i + l] : fill;
+    return vload(tmp);
+  }
+  static SK_INLINE void vstore_part(float* out, int64_t i, int64_t n, F v) {
+    if (i + L <= n) {
+      std::memcpy(out + i, &v, sizeof(F));
+      return;
     }
-    float m = -INFINITY;
-    for (int l = 0; l < L; ++l) m = acc[l] > m ? acc[l] : m;
-    for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-    return m;
+    for (int l = 0; l < L && i + l < n; ++l) out[i + l] = v[l];
+  }
+
+  // sk_exp's algorithm (Cephes-style range reduction and degree-6 polynomial,
+  // relative error ~2e-7, clamped to [−87, 88]) on LANES values.
+  static SK_INLINE F vexp(F x) {
+    const F lo = vsplat(-87.0f), hi = vsplat(88.0f);
+    x = x < lo ? lo : x;
+    x = x > hi ? hi : x;
+    F fx = x * 1.44269504088896341f;
+    F n = (fx + 12582912.0f) - 12582912.0f;  // round to nearest
+    F r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    F p = vsplat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    I e = (__builtin_convertvector(n, I) + 127) << 23;
+    return p * (F)e;  // bit cast, as for any two vector types of one size
+  }
+  static SK_INLINE F vsigmoid(F x) { return 1.0f / (1.0f + vexp(-x)); }
+  static SK_INLINE float exp1(float x) { return vexp(vsplat(x))[0]; }
+  static SK_INLINE float sigmoid1(float x) { return vsigmoid(vsplat(x))[0]; }
+
+  static SK_INLINE float row_max(const float* __restrict x, int64_t n) {
+    F m = vsplat(-INFINITY);
+    for (int64_t i = 0; i < n; i += L) {
+      F v = vload_part(x, i, n, -INFINITY);
+      m = v > m ? v : m;
+    }
+    float r = m[0];
+    for (int l = 1; l < L; ++l) r = m[l] > r ? m[l] : r;
+    return r;
   }
 
   static SK_INLINE float row_sum(const float* __restrict x, int64_t n) {
@@ -95,51 +155,53 @@ struct RouteImpl {
     return s;
   }
 
-  // Σ x accumulated in float64, rounded once: the same float for any order of
-  // the same values (to within a double rounding), so two tokens whose logits
-  // are permutations of each other get bitwise equal softmax scores. Expert
-  // choice and score-based dropping compare scores across tokens.
-  static SK_INLINE float row_sum_exact(const float* __restrict x, int64_t n) {
-    double acc[L];
-    for (int l = 0; l < L; ++l) acc[l] = 0.0;
-    int64_t i = 0;
-    for (; i + L <= n; i += L) {
-#pragma GCC unroll 16
-      for (int l = 0; l < L; ++l) acc[l] += static_cast<double>(x[i + l]);
+  // out = exp(x − shift); returns Σ out accumulated in float64 and rounded
+  // once: the same float for any order of the same values (to within a double
+  // rounding), so two tokens whose logits are permutations of each other get
+  // bitwise equal softmax scores. Expert choice and score-based dropping
+  // compare scores across tokens.
+  static SK_INLINE float row_exp(const float* __restrict x, int64_t n, float shift, float* __restrict out) {
+    D acc = D{};
+    double tail = 0.0;
+    for (int64_t i = 0; i < n; i += L) {
+      F e = vexp(vload_part(x, i, n, shift) - shift);
+      vstore_part(out, i, n, e);
+      if (i + L <= n) {
+        acc += __builtin_convertvector(e, D);
+      } else {
+        for (int l = 0; i + l < n; ++l) tail += static_cast<double>(e[l]);
+      }
     }
     double s = 0.0;
     for (int l = 0; l < L; ++l) s += acc[l];
-    for (; i < n; ++i) s += static_cast<double>(x[i]);
-    return static_cast<float>(s);
-  }
-
-  // out = exp(x − shift); returns Σ out.
-  static SK_INLINE float row_exp(const float* __restrict x, int64_t n, float shift, float* __restrict out) {
-    for (int64_t i = 0; i < n; ++i) out[i] = sk_exp(x[i] - shift);
-    return row_sum_exact(out, n);
+    return static_cast<float>(s + tail);
   }
 
   static SK_INLINE void row_sigmoid(const float* __restrict x, int64_t n, float* __restrict out) {
-    for (int64_t i = 0; i < n; ++i) out[i] = 1.0f / (1.0f + sk_exp(-x[i]));
+    for (int64_t i = 0; i < n; i += L) vstore_part(out, i, n, vsigmoid(vload_part(x, i, n, 0.f)));
   }
-
-  static SK_INLINE float sigmoid1(float x) { return 1.0f / (1.0f + sk_exp(-x)); }
 
   // ---- scratch ---------------------------------------------------------------
 
   struct Scratch {
-    float *lp, *ex, *sg, *sel, *row;
+    float *lp, *ex, *sg, *sel;
     uint64_t *keys, *cand, *buf, *gkeys;
     uint8_t* gchosen;
   };
 
+  // Per-thread scratch (thread_workspace slot 2), in u64 units where noted:
+  // four float rows of E (l', exp, sigmoid, selection values); keys: E u64 or the chosen-group ranges (2G + 2
+  // int64); cand: E + 1 u64 (the branch-free filter stores one past its
+  // count); buf: max(k, G) u64 (top-k, or the chosen groups); G group keys
+  // and G flags.
   static bool get_scratch(const RouteJob& J, Scratch* s) {
     const int64_t E = J.experts;
     const int64_t G = J.opts->groups > 0 ? J.opts->groups : 1;
-    const int64_t K = J.k > 0 ? J.k : 1;
+    const int64_t K = J.k > G ? J.k : G;
     auto up16 = [](int64_t n) { return (n + 15) / 16 * 16; };
-    int64_t rowf = up16(E);
-    int64_t need = 5 * rowf + 2 * up16(E) + 2 * up16(E) + 2 * up16(K) + 2 * up16(G) + up16(G);
+    const int64_t rowf = up16(E);
+    const int64_t keys_u64 = up16(E + 2 * G + 2), cand_u64 = up16(E + 1), buf_u64 = up16(K), g_u64 = up16(G);
+    int64_t need = 4 * rowf + 2 * (keys_u64 + cand_u64 + buf_u64 + g_u64) + up16(G);
     float* base = thread_workspace(static_cast<size_t>(need), 2);
     if (!base) {
       __atomic_store_n(&J.failed, 1, __ATOMIC_RELAXED);
@@ -149,16 +211,15 @@ struct RouteImpl {
     s->ex = base + rowf;
     s->sg = base + 2 * rowf;
     s->sel = base + 3 * rowf;
-    s->row = base + 4 * rowf;
-    float* p = base + 5 * rowf;
+    float* p = base + 4 * rowf;
     s->keys = reinterpret_cast<uint64_t*>(p);
-    p += 2 * up16(E);
+    p += 2 * keys_u64;
     s->cand = reinterpret_cast<uint64_t*>(p);
-    p += 2 * up16(E);
+    p += 2 * cand_u64;
     s->buf = reinterpret_cast<uint64_t*>(p);
-    p += 2 * up16(K);
+    p += 2 * buf_u64;
     s->gkeys = reinterpret_cast<uint64_t*>(p);
-    p += 2 * up16(G);
+    p += 2 * g_u64;
     s->gchosen = reinterpret_cast<uint8_t*>(p);
     return true;
   }
@@ -211,8 +272,7 @@ struct RouteImpl {
   struct RowStats {
     float max = 0, sum = 0, inv_sum = 0;  // softmax of l': ex[e] = exp(l'_e − max), Σ = sum
     bool has_softmax = false;
-    float sig_sum = 0;  // Σ σ(l'_e)
-    bool has_sigmoid = false;
+    bool has_sigmoid = false;  // sg[e] = σ(l'_e)
   };
 
   static SK_INLINE void ensure_softmax(const float* lp, int64_t E, float* ex, RowStats* st) {
@@ -271,53 +331,145 @@ struct RouteImpl {
     std::memcpy(buf, tmp, static_cast<size_t>(k) * 8);
   }
 
+  // Bit l set ⇔ v[l] ≥ t[l] (false for NaN).
+  static SK_INLINE uint32_t mask_ge(F v, F t) {
+#if defined(__AVX512F__)
+    if constexpr (L == 16) return _mm512_cmp_ps_mask(reinterpret_cast<__m512&>(v), reinterpret_cast<__m512&>(t), _CMP_GE_OQ);
+#endif
+#if defined(__AVX2__)
+    if constexpr (L == 8) {
+      I m = v >= t;
+      return static_cast<uint32_t>(_mm256_movemask_ps(reinterpret_cast<__m256&>(m)));
+    }
+#endif
+    I m = v >= t;
+    uint32_t r = 0;
+    for (int l = 0; l < L; ++l) r |= static_cast<uint32_t>(m[l] & 1) << l;
+    return r;
+  }
+
+  static SK_INLINE float hmax(F m) {
+    float r = m[0];
+    for (int l = 1; l < L; ++l) r = m[l] > r ? m[l] : r;
+    return r;
+  }
+
+  // Top-k of sel[e] over e in the ranges [r[2i], r[2i+1]) into s.buf as
+  // keys, best first.
+  //
+  // For k ≤ LANES, a vector pass first finds the k-th largest of the
+  // per-lane maxima: the k best lanes each hold a distinct candidate at least
+  // that large, so it is a lower bound of the k-th largest value and every
+  // top-k candidate passes a `≥` filter on it. The filter (a vector compare,
+  // then the set bits) keeps a few dozen of the candidates; only those go
+  // through the insertion.
+  static void topk_ranges(const float* sel, const int64_t* r, int64_t nr, int64_t k, Scratch& s) {
+    float thr = -INFINITY;
+    if (k <= L) {
+      F m = vsplat(-INFINITY);
+      for (int64_t q = 0; q < nr; ++q)
+        for (int64_t i = r[2 * q]; i < r[2 * q + 1]; i += L) {
+          F v = vload_part(sel, i, r[2 * q + 1], -INFINITY);
+          m = v > m ? v : m;
+        }
+      float lm[L];
+      for (int l = 0; l < L; ++l) {
+        float v = m[l];
+        int j = l;
+        while (j > 0 && lm[j - 1] < v) {
+          lm[j] = lm[j - 1];
+          --j;
+        }
+        lm[j] = v;
+      }
+      thr = lm[k - 1];
+    }
+    uint64_t* c = s.cand;
+    int64_t n = 0;
+    const F vthr = vsplat(thr);
+    for (int64_t q = 0; q < nr; ++q) {
+      const int64_t b = r[2 * q + 1];
+      for (int64_t i = r[2 * q]; i < b; i += L) {
+        F v = vload_part(sel, i, b, -INFINITY);
+        uint32_t msk = mask_ge(v, vthr);
+        if (i + L > b) msk &= (1u << (b - i)) - 1u;  // lanes past the range
+        while (msk) {
+          int l = __builtin_ctz(msk);
+          msk &= msk - 1u;
+          c[n++] = rk_key(v[l], static_cast<uint32_t>(i + l));
+        }
+      }
+    }
+    if (n < k) {
+      // Only with NaN selection values (overflowed noise or bias): take
+      // every candidate; NaN keys sort last.
+      n = 0;
+      for (int64_t q = 0; q < nr; ++q)
+        for (int64_t e = r[2 * q]; e < r[2 * q + 1]; ++e) c[n++] = rk_key(sel[e], static_cast<uint32_t>(e));
+    }
+    topk_keys(c, n, k, s.buf, c);
+  }
+
   // Expert ids of the top-k of `sel` (with group-limited selection if asked)
   // into s.buf as keys, descending.
   static void select(const RouteJob& J, const float* sel, Scratch& s) {
     const RouteOptions& o = *J.opts;
     const int64_t E = J.experts, k = J.k;
-    uint64_t* keys = s.keys;
-    for (int64_t e = 0; e < E; ++e) keys[e] = rk_key(sel[e], static_cast<uint32_t>(e));
     if (o.groups <= 1) {
-      topk_keys(keys, E, k, s.buf, s.cand);
+      int64_t all[2] = {0, E};
+      topk_ranges(sel, all, 1, k, s);
       return;
     }
     const int64_t G = o.groups, gs = E / G, M = o.topk_groups;
     for (int64_t g = 0; g < G; ++g) {
-      const uint64_t* gk = keys + g * gs;
+      const int64_t g0 = g * gs, g1 = g0 + gs;
+      float score;
       if (o.group_score == GroupScore::kMax) {
-        // The group's best score (the high half of its best key), ties to
-        // the lower group.
-        uint64_t best = gk[0];
-        for (int64_t i = 1; i < gs; ++i) best = gk[i] > best ? gk[i] : best;
-        s.gkeys[g] = (best & 0xffffffff00000000ull) | static_cast<uint64_t>(0xffffffffu - static_cast<uint32_t>(g));
-      } else {
-        // Sum of the two best scores (DeepSeek-V3), ties to the lower group.
-        const float* gv = sel + g * gs;
-        float a = gv[0], b = -INFINITY;
-        for (int64_t i = 1; i < gs; ++i) {
-          float v = gv[i];
-          if (v > a) {
-            b = a;
-            a = v;
-          } else if (v > b) {
-            b = v;
-          }
+        F m = vsplat(-INFINITY);
+        for (int64_t i = g0; i < g1; i += L) {
+          F v = vload_part(sel, i, g1, -INFINITY);
+          m = v > m ? v : m;
         }
-        s.gkeys[g] = rk_key(a + b, static_cast<uint32_t>(g));
+        score = hmax(m);
+      } else {
+        // Sum of the two best scores (DeepSeek-V3): per-lane best and
+        // second best, then the top two of those.
+        F a = vsplat(-INFINITY), b2 = vsplat(-INFINITY);
+        for (int64_t i = g0; i < g1; i += L) {
+          F v = vload_part(sel, i, g1, -INFINITY);
+          F lo = v < a ? v : a;
+          b2 = lo > b2 ? lo : b2;
+          a = v > a ? v : a;
+        }
+        int best = 0;
+        for (int l = 1; l < L; ++l)
+          if (a[l] > a[best]) best = l;
+        float second = b2[best];
+        for (int l = 0; l < L; ++l)
+          if (l != best && a[l] > second) second = a[l];
+        score = a[best] + second;
       }
+      s.gkeys[g] = rk_key(score, static_cast<uint32_t>(g));  // ties to the lower group
     }
-    // Chosen groups: the M best group keys.
-    uint64_t* gbuf = s.cand;  // free until the candidates are gathered below
+    // Chosen groups: the M best group keys, as candidate ranges.
+    uint64_t* gbuf = s.buf;  // free until the final top-k below
     int64_t m = 0;
     for (int64_t g = 0; g < G; ++g) m = rk_insert(gbuf, m, M, s.gkeys[g]);
     for (int64_t g = 0; g < G; ++g) s.gchosen[g] = 0;
     for (int64_t i = 0; i < M; ++i) s.gchosen[rk_key_index(gbuf[i])] = 1;
-    int64_t n = 0;
-    for (int64_t g = 0; g < G; ++g)
-      if (s.gchosen[g])
-        for (int64_t i = 0; i < gs; ++i) s.cand[n++] = keys[g * gs + i];
-    topk_keys(s.cand, n, k, s.buf, s.cand);
+    int64_t* ranges = reinterpret_cast<int64_t*>(s.keys);
+    int64_t nr = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      if (!s.gchosen[g]) continue;
+      if (nr > 0 && ranges[2 * nr - 1] == g * gs) {
+        ranges[2 * nr - 1] += gs;  // merge with the previous chosen group
+      } else {
+        ranges[2 * nr] = g * gs;
+        ranges[2 * nr + 1] = g * gs + gs;
+        ++nr;
+      }
+    }
+    topk_ranges(sel, ranges, nr, k, s);
   }
 
   // ---- top-k and hash modes: one block --------------------------------------
@@ -352,16 +504,24 @@ struct RouteImpl {
       } else {
         const float* sel;
         if (J.select_on_scores) {
-          float* sv = s.sel;
+          float* __restrict sv = s.sel;
+          const float* __restrict bias = o.selection_bias;
           if (o.score == RouteScore::kSoftmax) {
             ensure_softmax(lp, E, s.ex, &st);
-            for (int64_t e = 0; e < E; ++e) sv[e] = s.ex[e] * st.inv_sum;
+            const float* __restrict ex = s.ex;
+            const float inv = st.inv_sum;
+            if (bias)
+              for (int64_t e = 0; e < E; ++e) sv[e] = ex[e] * inv + bias[e];
+            else
+              for (int64_t e = 0; e < E; ++e) sv[e] = ex[e] * inv;
           } else {
             ensure_sigmoid(lp, E, s.sg, &st);
-            for (int64_t e = 0; e < E; ++e) sv[e] = s.sg[e];
+            const float* __restrict sg = s.sg;
+            if (bias)
+              for (int64_t e = 0; e < E; ++e) sv[e] = sg[e] + bias[e];
+            else
+              sv = s.sg;
           }
-          if (o.selection_bias)
-            for (int64_t e = 0; e < E; ++e) sv[e] += o.selection_bias[e];
           sel = sv;
         } else if (o.selection_bias) {
           for (int64_t e = 0; e < E; ++e) s.sel[e] = lp[e] + o.selection_bias[e];
@@ -398,7 +558,7 @@ struct RouteImpl {
             for (int64_t j = 1; j < k; ++j) m = lp[ids[j]] > m ? lp[ids[j]] : m;
             float sum = 0.f;
             for (int64_t j = 0; j < k; ++j) {
-              wt[j] = sk_exp(lp[ids[j]] - m);
+              wt[j] = exp1(lp[ids[j]] - m);
               sum += wt[j];
             }
             float inv = 1.0f / sum;
@@ -544,13 +704,13 @@ struct RouteImpl {
           if (m == -INFINITY) return;
           float sum = 0.f, dot = 0.f;
           for (int64_t j = 0; j < k; ++j)
-            if (ids[j] >= 0) sum += sk_exp(lp[ids[j]] - m);
+            if (ids[j] >= 0) sum += exp1(lp[ids[j]] - m);
           float inv = 1.0f / sum;
           for (int64_t j = 0; j < k; ++j)
-            if (ids[j] >= 0) dot += gw[j] * sk_exp(lp[ids[j]] - m) * inv;
+            if (ids[j] >= 0) dot += gw[j] * exp1(lp[ids[j]] - m) * inv;
           for (int64_t j = 0; j < k; ++j) {
             if (ids[j] < 0) continue;
-            float wj = sk_exp(lp[ids[j]] - m) * inv;
+            float wj = exp1(lp[ids[j]] - m) * inv;
             out[ids[j]] += scale * wj * (gw[j] - dot);
           }
           return;

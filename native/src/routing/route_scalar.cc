@@ -6,9 +6,9 @@
 namespace sparsekit {
 namespace {
 struct RouteCfg_scalar {
-  // Partial sums per reduction. Baseline x86-64 (SSE2) vectorises 8 as two
-  // 4-wide vectors.
-  static constexpr int LANES = 8;
+  // 16-byte vectors: SSE2 on baseline x86-64, NEON-sized elsewhere (wider
+  // vector-extension values would change the psABI of the baseline build).
+  static constexpr int LANES = 4;
 };
 using R = RouteImpl<RouteCfg_scalar>;
 const RoutingKernels kKernels = {Isa::kScalar, "f32-route-scalar", &R::forward_block, &R::score_block,

@@ -1,0 +1,566 @@
+// N:M kernels, written once over a vector-traits type and instantiated in
+// each ISA's file (nm_avx2.cc, ...), compiled there with that ISA's flags.
+//
+//   forward     y [m, rows] = act(x [m, cols] · Wᵀ + bias)
+//   transposed  dx [m, cols] = dy [m, rows] · W
+//
+// W is read in its compressed form (see PackedNm in sparsekit/nm.h): per row,
+// the kept values in column order and their in-group indices. Only kept
+// values are multiplied; the work is rows · kept · m multiply-adds, N/M of the
+// dense count.
+//
+// Forward, two kernels, chosen by the token count m and the pattern alone
+// (never by the thread count):
+//
+// * Row-streaming (decode: m ≤ 4 for groups that span 2 windows of 8
+//   columns per chunk — 1:2, 2:4, 4:8 —, m ≤ 2 for 4 windows — 1:4, 2:8 —,
+//   m = 1 for 1:8 and untuned patterns up to m = 2): memory-bound, so it reads
+//   W once, in order, prefetching ahead, and spends little per value. A chunk
+//   of 8 kept values has its 8 indices in one small word; they are decoded in a
+//   vector register (shift, mask, add the group offsets) and the 8 matching x
+//   values are gathered from the few 8-column windows of x the chunk spans
+//   (AVX2: one vpermps per window and fixed blends; hardware gather when each
+//   value has its own window, 1:8), then one FMA with the 8 values. Sums stay
+//   in lanes and are reduced once per row.
+//
+// * Gather-FMA tiles (more tokens, prefill/training): x is packed per call
+//   into token tiles transposed to [cols][T] (T = TV vectors of tokens), so
+//   the x data a kept value (v, c) needs is one contiguous row xp[c]: the
+//   kernel broadcasts v and does TV FMAs v · xp[c] into a register tile of R
+//   rows × T tokens. Indices are decoded in integer registers from the packed
+//   bits (no expanded index array, no extra loads). Loads bound it: TV + 1
+//   per TV FMAs, so T is as large as the token count and L1 allow: the slice
+//   of xp for a block of KC columns (KC·T floats) stays in L1 while a block of
+//   MC rows streams past it (W prefetched two panels ahead), and each MC × T
+//   accumulator tile lives in a per-task scratch between column blocks.
+//
+// Every output element is one chain of FMAs over its row's kept values in
+// column order (kernel B; narrow tiles split it into two chains, even and odd
+// values, added at the end of each column block) or a fixed lane-then-tail
+// reduction (kernel A), the same whatever the blocking or the thread that
+// runs it: results are bitwise identical for any thread count.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#include "../common/simd.h"
+#include "nm_patterns.h"
+#include "sparsekit/memory.h"
+#include "sparsekit/nm.h"
+#include "sparsekit/thread_pool.h"
+
+namespace sparsekit {
+namespace {  // internal linkage: see simd.h
+
+SK_INLINE int64_t nm_min(int64_t a, int64_t b) { return a < b ? a : b; }
+SK_INLINE int64_t nm_max(int64_t a, int64_t b) { return a > b ? a : b; }
+SK_INLINE int64_t nm_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// a + b through the traits' FMA (a·1 + b rounds exactly like a + b).
+template <class V>
+SK_INLINE typename V::T nm_add(typename V::T a, typename V::T b) {
+  const float one = 1.f;
+  return V::fma(a, V::bcast(&one), b);
+}
+constexpr int nm_bits_of(int m) { return m <= 2 ? 1 : m <= 4 ? 2 : m <= 8 ? 3 : 4; }
+
+// ---- patterns: where each kept value's column is -----------------------------
+//
+// Values come in chunks of 8 (c = j / 8); col(row, c, word, l) is the column of
+// value 8c + l, word = word(row, c) loaded once per chunk.
+
+template <int N, int M>
+struct TunedPattern {
+  static constexpr bool kTuned = true;
+  static constexpr int kN = N, kM = M;
+  static constexpr int B = nm_bits_of(M);
+  static constexpr int CC = 8 / N * M;  // columns one chunk spans
+  static_assert(8 % N == 0 && (M == 2 || M == 4 || M == 8), "tuned patterns need N | 8 and M in {2, 4, 8}");
+  struct Row {
+    const float* v;
+    const uint8_t* meta;
+  };
+  static SK_INLINE Row row(const PackedNm& w, int64_t r) {
+    return {w.values.data() + r * w.vstride, w.meta.data() + r * w.mstride};
+  }
+  static SK_INLINE const uint8_t* meta_ptr(const Row& r) { return r.meta; }
+  // The chunk's B bytes (and up to 3 more, inside the padded row) in one load.
+  static SK_INLINE uint32_t word(const Row& r, int64_t c) {
+    uint32_t x;
+    std::memcpy(&x, r.meta + c * B, 4);
+    return x;
+  }
+  static SK_INLINE int64_t col(const Row&, int64_t c, uint32_t word, int l) {
+    return c * CC + (l / N) * M + ((word >> (l * B)) & (M - 1));
+  }
+  // Any value (the tail past the last full chunk): 16-bit read, inside the padding.
+  static SK_INLINE int64_t col_of(const Row& r, int64_t j) {
+    int64_t p = j * B;
+    uint32_t x = uint32_t(r.meta[p >> 3]) | (uint32_t(r.meta[(p >> 3) + 1]) << 8);
+    return (j / N) * M + ((x >> (p & 7)) & (M - 1));
+  }
+  // Columns a chunk spans: for blocking heuristics.
+  static int64_t chunk_cols(const NmShape&) { return CC; }
+};
+
+// Any other N:M: the packed weight holds each value's column as int32.
+struct GenericPattern {
+  static constexpr bool kTuned = false;
+  struct Row {
+    const float* v;
+    const int32_t* cols;
+  };
+  static SK_INLINE Row row(const PackedNm& w, int64_t r) {
+    return {w.values.data() + r * w.vstride, w.cols.data() + r * w.vstride};
+  }
+  static SK_INLINE uint32_t word(const Row&, int64_t) { return 0; }
+  static SK_INLINE int64_t col(const Row& r, int64_t c, uint32_t, int l) { return r.cols[c * 8 + l]; }
+  static SK_INLINE int64_t col_of(const Row& r, int64_t j) { return r.cols[j]; }
+  static int64_t chunk_cols(const NmShape& s) { return nm_cdiv(8 * int64_t(s.m), s.n); }
+};
+
+// f(j, col) for every value j in [j0, j1) of a row, in order.
+template <class P, class F>
+SK_INLINE void nm_for_values(const typename P::Row& row, int64_t j0, int64_t j1, F&& f) {
+  int64_t j = j0;
+  for (; j < j1 && (j & 7); ++j) f(j, P::col_of(row, j));
+  for (; j + 8 <= j1; j += 8) {
+    int64_t c = j >> 3;
+    uint32_t w = P::word(row, c);
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; ++l) f(j + l, P::col(row, c, w, l));
+  }
+  for (; j < j1; ++j) f(j, P::col_of(row, j));
+}
+
+// ---- kernel A: row-streaming dot products for m ≤ 2 ---------------------------
+
+// Portable: 8 lane sums per token, kept in an array the compiler can vectorise.
+template <class V>
+struct NmSmall {
+  static constexpr bool kHasFastGather = false;
+  template <class P, int TOK>
+  static void dot(const typename P::Row& row, int64_t kept, const float* x, int64_t ldx, float* out) {
+    float acc[TOK][8] = {};
+    const int64_t chunks = kept / 8;
+    for (int64_t c = 0; c < chunks; ++c) {
+      uint32_t w = P::word(row, c);
+      const float* v = row.v + c * 8;
+      for (int l = 0; l < 8; ++l) {
+        int64_t col = P::col(row, c, w, l);
+        for (int t = 0; t < TOK; ++t) acc[t][l] += v[l] * x[t * ldx + col];
+      }
+    }
+    for (int t = 0; t < TOK; ++t) {
+      float s = ((acc[t][0] + acc[t][1]) + (acc[t][2] + acc[t][3])) + ((acc[t][4] + acc[t][5]) + (acc[t][6] + acc[t][7]));
+      for (int64_t j = chunks * 8; j < kept; ++j) s += row.v[j] * x[t * ldx + P::col_of(row, j)];
+      out[t] = s;
+    }
+  }
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+// AVX2 (also used by the AVX-512 build: 8 values per chunk fit a ymm).
+struct NmSmallYmm {
+  template <class P, int TOK>
+  static void dot(const typename P::Row& row, int64_t kept, const float* x, int64_t ldx, float* out) {
+    if constexpr (!P::kTuned) {
+      NmSmall<ScalarVec>::template dot<P, TOK>(row, kept, x, ldx, out);
+    } else {
+      constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC, WIN = CC / 8;
+      const __m256i shifts = _mm256_setr_epi32(0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B);
+      const __m256i lowmask = _mm256_set1_epi32(M - 1);
+      // Column of lane l's group inside the chunk; with windows, inside its 8-column window.
+      constexpr int g0 = (0 / N) * M, g1 = (1 / N) * M, g2 = (2 / N) * M, g3 = (3 / N) * M, g4 = (4 / N) * M,
+                    g5 = (5 / N) * M, g6 = (6 / N) * M, g7 = (7 / N) * M;
+      const __m256i base = WIN == 8 ? _mm256_setr_epi32(g0, g1, g2, g3, g4, g5, g6, g7)
+                                    : _mm256_setr_epi32(g0 & 7, g1 & 7, g2 & 7, g3 & 7, g4 & 7, g5 & 7, g6 & 7, g7 & 7);
+      auto gather = [&](const float* xc, __m256i idx) -> __m256 {
+        if constexpr (WIN == 2) {
+          // lanes 0-3 read window 0, lanes 4-7 window 1 (groups never straddle windows)
+          return _mm256_blend_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(xc), idx),
+                                 _mm256_permutevar8x32_ps(_mm256_loadu_ps(xc + 8), idx), 0xF0);
+        } else if constexpr (WIN == 4) {
+          __m256 p0 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xc), idx);
+          __m256 p1 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xc + 8), idx);
+          __m256 p2 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xc + 16), idx);
+          __m256 p3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xc + 24), idx);
+          return _mm256_blend_ps(_mm256_blend_ps(p0, p1, 0x0C), _mm256_blend_ps(p2, p3, 0xC0), 0xF0);
+        } else {
+          return _mm256_i32gather_ps(xc, idx, 4);  // one window per lane: a real gather is cheaper
+        }
+      };
+      __m256 acc0[TOK], acc1[TOK];
+      for (int t = 0; t < TOK; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+      const int64_t chunks = kept / 8;
+      auto step = [&](int64_t c, __m256* acc) {
+        __m256i idx = _mm256_add_epi32(
+            _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(P::word(row, c))), shifts), lowmask), base);
+        __m256 v = _mm256_loadu_ps(row.v + c * 8);
+        for (int t = 0; t < TOK; ++t) acc[t] = _mm256_fmadd_ps(v, gather(x + t * ldx + c * CC, idx), acc[t]);
+      };
+      int64_t c = 0;
+      // W streams from memory once: prefetch ~3 KB ahead in both streams; the
+      // hardware prefetcher alone leaves this loop short of the bandwidth the
+      // dense kernel reaches (measured: 1.2× → 1.6-1.7× over dense, 2:4, 1 token).
+      constexpr int64_t kAhead = 768;
+      // Two accumulator sets: FMA latency, not the loads, would bound one chain.
+      for (; c + 2 <= chunks; c += 2) {
+        __builtin_prefetch(row.v + c * 8 + kAhead);
+        if ((c & 7) == 0) __builtin_prefetch(P::meta_ptr(row) + c * P::B + kAhead * P::B / 8);
+        step(c, acc0);
+        step(c + 1, acc1);
+      }
+      if (c < chunks) step(c, acc0);
+      for (int t = 0; t < TOK; ++t) {
+        alignas(32) float l[8];
+        _mm256_store_ps(l, _mm256_add_ps(acc0[t], acc1[t]));
+        float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+        for (int64_t j = chunks * 8; j < kept; ++j) s += row.v[j] * x[t * ldx + P::col_of(row, j)];
+        out[t] = s;
+      }
+    }
+  }
+};
+template <>
+struct NmSmall<Avx2Vec> : NmSmallYmm {};
+#if defined(__AVX512F__)
+template <>
+struct NmSmall<Avx512Vec> : NmSmallYmm {};
+#endif
+#endif
+
+// ---- kernel B: gather-FMA register tile ---------------------------------------
+//
+// acc[R rows][TV vectors of tokens] (+)= Σ_j v[r][j] · xp[col(r, j)] over the
+// chunks [c0, c1) and the tail values [jt0, jt1). With S = 2 each row keeps
+// two chains (even and odd values of a chunk), added once at the end: narrow
+// tiles (TV = 1) need the extra independent FMAs, and more rows would need
+// more integer registers (pointers, index words) than x86-64 has.
+template <class V, class P, int R, int TV, int S>
+__attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, int64_t c1, int64_t jt0, int64_t jt1,
+                                       const float* __restrict xp, float* __restrict acc_io, bool load) {
+  using T = typename V::T;
+  constexpr int W = V::W, TT = TV * W;
+  T acc[S][R][TV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      acc[0][r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
+      if (S > 1) acc[S - 1][r][v] = V::zero();
+    }
+  for (int64_t c = c0; c < c1; ++c) {
+    uint32_t word[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) word[r] = P::word(rows[r], c);
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; ++l) {
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const float* xr = xp + P::col(rows[r], c, word[r], l) * TT;
+        T b = V::bcast(rows[r].v + c * 8 + l);
+#pragma GCC unroll 16
+        for (int v = 0; v < TV; ++v) acc[l % S][r][v] = V::fma(b, V::load(xr + v * W), acc[l % S][r][v]);
+      }
+    }
+  }
+  for (int64_t j = jt0; j < jt1; ++j) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const float* xr = xp + P::col_of(rows[r], j) * TT;
+      T b = V::bcast(rows[r].v + j);
+#pragma GCC unroll 16
+      for (int v = 0; v < TV; ++v) acc[0][r][v] = V::fma(b, V::load(xr + v * W), acc[0][r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
+}
+
+// dst[tile][k][TT] = src[tile·TT + t][k] (zero past m): token tiles transposed
+// so one column's tokens are contiguous. Parallel over (tile, block of k).
+SK_INLINE void nm_pack_tiles(const float* src, int64_t m, int64_t k, int64_t tt_size, float* dst) {
+  const int64_t tiles = nm_cdiv(m, tt_size), kb = 256, kblocks = nm_cdiv(k, kb);
+  ThreadPool::instance().parallel_for(tiles * kblocks, [&](int64_t task, int) {
+    int64_t tile = task / kblocks, k0 = (task % kblocks) * kb, k1 = nm_min(k, k0 + kb);
+    float* d = dst + tile * k * tt_size;
+    for (int64_t t = 0; t < tt_size; ++t) {
+      int64_t tok = tile * tt_size + t;
+      if (tok < m) {
+        const float* s = src + tok * k;
+        for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt_size + t] = s[kk];
+      } else {
+        for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt_size + t] = 0.f;
+      }
+    }
+  });
+}
+
+template <class Cfg>
+struct NmDriver {
+  using V = typename Cfg::V;
+  static constexpr int W = V::W;
+  static constexpr int64_t kMC = 96;  // rows per block: a multiple of every R below (4, 3, 2, 1)
+
+  // ---- forward
+
+  template <class P, int TOK>
+  static void run_small(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
+    const int64_t rows = w.shape.rows, K = w.shape.cols, rb = 64;
+    ThreadPool::instance().parallel_for(nm_cdiv(rows, rb), [&](int64_t task, int) {
+      int64_t r0 = task * rb, r1 = nm_min(rows, r0 + rb);
+      for (int64_t r = r0; r < r1; ++r) {
+        float s[TOK];
+        NmSmall<V>::template dot<P, TOK>(P::row(w, r), w.kept, x, K, s);
+        for (int t = 0; t < TOK; ++t) y[t * rows + r] = s[t];
+      }
+      for (int t = 0; t < TOK; ++t) sk_epilogue_row(y + t * rows + r0, bias ? bias + r0 : nullptr, r1 - r0, act);
+    });
+    (void)m;
+  }
+
+  // Per-task scratch: one slice per pool thread, taken from one buffer the
+  // calling thread holds; a worker index past what was sized (the pool grew
+  // meanwhile) takes its own. Returns null only when memory is exhausted.
+  struct Scratch {
+    float* all = nullptr;
+    int64_t per = 0;
+    int threads = 0;
+    std::atomic<bool> failed{false};
+    Scratch(int64_t per_task) : per(per_task), threads(ThreadPool::instance().num_threads()) {
+      all = thread_workspace(size_t(per * threads), 1);
+      if (!all) failed = true;
+    }
+    float* get(int worker) {
+      float* p = worker < threads && all ? all + int64_t(worker) * per : thread_workspace(size_t(per), 2);
+      if (!p) failed = true;
+      return p;
+    }
+  };
+
+  // Values [8·c0, j1) and their index data of rows [r0, r1), into cache.
+  template <class P>
+  static SK_INLINE void prefetch_rows(const PackedNm& w, int64_t r0, int64_t r1, int64_t c0, int64_t j1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const char* v = reinterpret_cast<const char*>(w.values.data() + r * w.vstride);
+      for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(v + b, 0, 2);
+      if constexpr (P::kTuned) {
+        const char* mt = reinterpret_cast<const char*>(w.meta.data() + r * w.mstride);
+        for (int64_t b = (c0 * P::B) & ~int64_t(63); b < (j1 * P::B + 7) / 8; b += 64) __builtin_prefetch(mt + b, 0, 2);
+      } else {
+        const char* cl = reinterpret_cast<const char*>(w.cols.data() + r * w.vstride);
+        for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(cl + b, 0, 2);
+      }
+    }
+  }
+
+  template <class P, int R, int TV, int S>
+  static bool run_tiled(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
+    constexpr int TT = TV * W;
+    const int64_t rows = w.shape.rows, K = w.shape.cols, kept = w.kept, chunks = kept / 8;
+    const int64_t tiles = nm_cdiv(m, TT);
+    float* xp = thread_workspace(size_t(tiles * TT * K), 0);
+    if (!xp) return false;
+    nm_pack_tiles(x, m, K, TT, xp);
+    // Column blocks (in chunks) whose xp slice (columns × TT floats) fits L1.
+    const int64_t kc_chunks = nm_max(1, Cfg::kL1Floats / TT / P::chunk_cols(w.shape));
+    const int64_t n_kb = nm_max(1, nm_cdiv(chunks, kc_chunks));
+    const int64_t n_rb = nm_cdiv(rows, kMC);
+    // Token tiles per task: bounded scratch, and enough tasks to balance the
+    // pool. The partition never changes a result, only who computes it.
+    const int threads = ThreadPool::instance().num_threads();
+    int64_t tg = nm_max(1, nm_min(tiles, 512 / TT));
+    tg = nm_min(tg, nm_max(1, nm_cdiv(tiles, nm_cdiv(4 * threads, n_rb))));
+    const int64_t n_tg = nm_cdiv(tiles, tg);
+    Scratch scr(kMC * tg * TT);
+    if (scr.failed) return false;
+    ThreadPool::instance().parallel_for(n_rb * n_tg, [&](int64_t task, int worker) {
+      const int64_t rb = task % n_rb, g = task / n_rb;
+      const int64_t r0 = rb * kMC, r1 = nm_min(rows, r0 + kMC);
+      const int64_t t0 = g * tg, t1 = nm_min(tiles, t0 + tg);
+      float* scratch = scr.get(worker);
+      if (!scratch) return;
+      for (int64_t kb = 0; kb < n_kb; ++kb) {
+        const int64_t c0 = kb * kc_chunks, c1 = nm_min(chunks, c0 + kc_chunks);
+        const bool last = kb == n_kb - 1;
+        // x columns of this block: [xc0, xc1) of every tile's xp
+        const int64_t xc0 = nm_min(K, c0 * P::chunk_cols(w.shape));
+        const int64_t xc1 = last ? K : nm_min(K, c1 * P::chunk_cols(w.shape));
+        const int64_t n_panels = nm_cdiv(r1 - r0, R);
+        for (int64_t tt = t0; tt < t1; ++tt) {
+          const float* xs = xp + tt * K * TT;
+          // The next tile's x slice, a share per panel, so it is in cache when its turn comes.
+          const char* xnext = tt + 1 < t1 ? reinterpret_cast<const char*>(xs + K * TT + xc0 * TT) : nullptr;
+          const int64_t xbytes = (xc1 - xc0) * TT * 4, xshare = nm_cdiv(nm_cdiv(xbytes, 64), n_panels) * 64;
+          for (int64_t p = r0, pi = 0; p < r1; p += R, ++pi) {
+            typename P::Row rr[R];
+            // A partial panel repeats its last row; the extra results land in unused scratch.
+            for (int i = 0; i < R; ++i) rr[i] = P::row(w, nm_min(p + i, r1 - 1));
+            // W rows two panels ahead: they stream from memory once per block
+            // and the row-by-row jumps are too long for the hardware prefetcher.
+            if (tt == t0) prefetch_rows<P>(w, p + 2 * R, nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
+            if (xnext)
+              for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
+            float* acc = scratch + ((tt - t0) * kMC + (p - r0)) * TT;
+            nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
+          }
+        }
+      }
+      for (int64_t tt = t0; tt < t1; ++tt) {
+        const float* sc = scratch + (tt - t0) * kMC * TT;
+        const int64_t tn = nm_min(TT, m - tt * TT), nr = r1 - r0;
+        float* yt = y + tt * TT * rows + r0;
+        // [rows][tokens] → [tokens][rows] in 8 × 8 blocks, cache lines used whole.
+        for (int64_t i0 = 0; i0 < nr; i0 += 8)
+          for (int64_t t0b = 0; t0b < tn; t0b += 8)
+            for (int64_t t = t0b; t < nm_min(tn, t0b + 8); ++t)
+              for (int64_t i = i0; i < nm_min(nr, i0 + 8); ++i) yt[t * rows + i] = sc[i * TT + t];
+        for (int64_t t = 0; t < tn; ++t) sk_epilogue_row(yt + t * rows, bias ? bias + r0 : nullptr, nr, act);
+      }
+    });
+    return !scr.failed;
+  }
+
+  // Register tiles (R rows × TV vectors of tokens). The largest TV allowed
+  // falls with density: a column block's xp slice must stay in L1, so sparser
+  // patterns get fewer values per block, and the accumulator load/store per
+  // block must stay small against the FMAs.
+  static int tile_tv(int64_t m, int n, int mm) {
+    const int64_t need = nm_cdiv(m, W);
+    const int tv_max = 2 * n >= mm ? 8 : 4 * n >= mm ? 6 : 4;
+    static const int kTvs[] = {1, 2, 4, 6, 8};
+    for (int tv : kTvs)
+      if (tv >= need && tv <= tv_max) return tv;
+    int best = 4;
+    int64_t best_pad = nm_cdiv(need, 4) * 4;
+    for (int tv : kTvs) {
+      if (tv < 4 || tv > tv_max) continue;
+      int64_t pad = nm_cdiv(need, tv) * tv;
+      if (pad <= best_pad) best = tv, best_pad = pad;
+    }
+    return best;
+  }
+
+  // Tokens up to which the row-streaming kernel beats the tiles: it pays per
+  // token a few window loads and permutes per 8 values, the tiles a broadcast
+  // and one FMA per value whatever the token count (up to a vector).
+  template <class P>
+  static int64_t small_tokens() {
+    if constexpr (P::kTuned) {
+      constexpr int win = P::CC / 8;
+      return win <= 2 ? 4 : win <= 4 ? 2 : 1;
+    } else {
+      return 2;
+    }
+  }
+
+  template <class P>
+  static bool forward(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
+    const int n = w.shape.n, mm = w.shape.m;
+    if (m <= small_tokens<P>()) {
+      switch (m) {
+        case 1: run_small<P, 1>(w, x, m, bias, act, y); break;
+        case 2: run_small<P, 2>(w, x, m, bias, act, y); break;
+        case 3: run_small<P, 3>(w, x, m, bias, act, y); break;
+        default: run_small<P, 4>(w, x, m, bias, act, y); break;
+      }
+      return true;
+    }
+    switch (tile_tv(m, n, mm)) {
+      case 1: return run_tiled<P, 4, 1, 2>(w, x, m, bias, act, y);
+      case 2: return run_tiled<P, 4, 2, 1>(w, x, m, bias, act, y);
+      case 4: return run_tiled<P, 3, 4, 1>(w, x, m, bias, act, y);
+      case 6: return run_tiled<P, 2, 6, 1>(w, x, m, bias, act, y);
+      default: return run_tiled<P, 1, 8, 1>(w, x, m, bias, act, y);
+    }
+  }
+
+  // ---- transposed: dx [m, cols] = dy [m, rows] · W
+  //
+  // Each task owns a block of whole groups (columns) and a token tile, and
+  // walks all rows in order, adding v · dy[:, row] into the block's columns
+  // (an L1 scratch [columns][TT]): every dx element is summed over rows in
+  // increasing order, whatever the blocking.
+
+  template <class P, int TV>
+  static bool run_transposed(const PackedNm& w, const float* dy, int64_t m, float* dx) {
+    constexpr int TT = TV * W;
+    using T = typename V::T;
+    const int64_t rows = w.shape.rows, K = w.shape.cols, n = w.shape.n, mm = w.shape.m, groups = K / mm;
+    const int64_t tiles = nm_cdiv(m, TT);
+    float* dyp = thread_workspace(size_t(tiles * TT * rows), 0);
+    if (!dyp) return false;
+    nm_pack_tiles(dy, m, rows, TT, dyp);
+    // Groups per block: chunk-aligned (8/n groups) for tuned patterns.
+    const int64_t align = P::kTuned ? 8 / n : 1;
+    const int64_t gb = nm_max(align, (Cfg::kL1Floats / TT / mm) / align * align);
+    const int64_t n_blocks = nm_cdiv(groups, gb);
+    Scratch scr(gb * mm * TT);
+    if (scr.failed) return false;
+    ThreadPool::instance().parallel_for(n_blocks * tiles, [&](int64_t task, int worker) {
+      const int64_t b = task / tiles, tt = task % tiles;
+      const int64_t g0 = b * gb, g1 = nm_min(groups, g0 + gb), cb = g0 * mm, span = (g1 - g0) * mm;
+      float* sc = scr.get(worker);
+      if (!sc) return;
+      for (int64_t i = 0; i < span * TT; ++i) sc[i] = 0.f;
+      const float* dt = dyp + tt * rows * TT;
+      for (int64_t o = 0; o < rows; ++o) {
+        T d[TV];
+#pragma GCC unroll 16
+        for (int v = 0; v < TV; ++v) d[v] = V::load(dt + o * TT + v * W);
+        typename P::Row row = P::row(w, o);
+        nm_for_values<P>(row, g0 * n, g1 * n, [&](int64_t j, int64_t col) {
+          T bv = V::bcast(row.v + j);
+          float* s = sc + (col - cb) * TT;
+#pragma GCC unroll 16
+          for (int v = 0; v < TV; ++v) V::store(s + v * W, V::fma(bv, d[v], V::load(s + v * W)));
+        });
+      }
+      for (int64_t t = 0; t < TT; ++t) {
+        int64_t tok = tt * TT + t;
+        if (tok >= m) break;
+        float* out = dx + tok * K + cb;
+        for (int64_t i = 0; i < span; ++i) out[i] = sc[i * TT + t];
+      }
+    });
+    return !scr.failed;
+  }
+
+  static int transposed_tv(int64_t m) {
+    int64_t need = nm_cdiv(m, W);
+    return need <= 1 ? 1 : need <= 2 ? 2 : 4;
+  }
+
+  template <class P>
+  static bool transposed(const PackedNm& w, const float* dy, int64_t m, float* dx) {
+    switch (transposed_tv(m)) {
+      case 1: return run_transposed<P, 1>(w, dy, m, dx);
+      case 2: return run_transposed<P, 2>(w, dy, m, dx);
+      default: return run_transposed<P, 4>(w, dy, m, dx);
+    }
+  }
+
+  // ---- entry points (the NmKernels table); false: out of memory
+
+  static bool linear(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
+#define SK_NM_CASE(N_, M_) \
+  if (w.shape.n == N_ && w.shape.m == M_) return forward<TunedPattern<N_, M_>>(w, x, m, bias, act, y);
+    SPARSEKIT_NM_TUNED_PATTERNS(SK_NM_CASE)
+#undef SK_NM_CASE
+    return forward<GenericPattern>(w, x, m, bias, act, y);
+  }
+
+  static bool linear_transposed(const PackedNm& w, const float* dy, int64_t m, float* dx) {
+#define SK_NM_CASE(N_, M_) \
+  if (w.shape.n == N_ && w.shape.m == M_) return transposed<TunedPattern<N_, M_>>(w, dy, m, dx);
+    SPARSEKIT_NM_TUNED_PATTERNS(SK_NM_CASE)
+#undef SK_NM_CASE
+    return transposed<GenericPattern>(w, dy, m, dx);
+  }
+};
+
+}  // namespace
+}  // namespace sparsekit
