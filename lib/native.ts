@@ -255,9 +255,9 @@ export interface NativeCudaBinding {
   cudaBsrLinearAsync(x: NativeDeviceBuffer, w: NativeDeviceBsr, options?: Opts): Promise<NativeDeviceBuffer>;
   cudaSddmm(a: NativeDeviceBuffer, b: NativeDeviceBuffer, mask: NativeDeviceBsr, options?: Opts): NativeDeviceBsr;
   cudaSddmmAsync(a: NativeDeviceBuffer, b: NativeDeviceBuffer, mask: NativeDeviceBsr, options?: Opts): Promise<NativeDeviceBsr>;
-  cudaPackCutlass24(w: Float32Tensor): { values: Uint16Array; meta: Uint16Array };
+  cudaPackCutlass24(w: Float32Tensor): { values: Uint16Array; meta: Int16Array };
   cudaToDeviceNM24(w: object, options?: Opts): NativeDeviceNM;
-  cudaToDeviceNM(w: Float32Tensor, options?: Opts): NativeDeviceNM;
+  cudaToDeviceNM(w: object, options?: Opts): NativeDeviceNM;
   cudaNMLinear(x: NativeDeviceBuffer, w: NativeDeviceNM, options?: Opts): NativeDeviceBuffer;
   cudaNMLinearAsync(x: NativeDeviceBuffer, w: NativeDeviceNM, options?: Opts): Promise<NativeDeviceBuffer>;
 }
