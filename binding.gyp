@@ -54,6 +54,8 @@
           # Same as the CMake build: keep the statically linked kernels'
           # symbols private and do not depend on the machine's libstdc++.
           'ldflags': ['-Wl,--exclude-libs,ALL', '-static-libstdc++', '-static-libgcc'],
+          # dlopen of the optional CUDA plugin (native/src/common/cuda_plugin.cc).
+          'libraries': ['-ldl'],
         }],
       ],
     },

@@ -453,3 +453,104 @@ export function matmulModel(K: number, N: number, W?: Float32Array, opts: MatMul
     },
   });
 }
+
+// ---------------------------------------------------------------------------
+// com.microsoft MoE (the anchor of the experts and moe suites)
+
+/*
+ * What onnxruntime-node 1.30's CPU `MoE` kernel expects for SwiGLU experts
+ * (found by running a tiny model, E 4, hidden 6, inter 5, 7 tokens, k 2,
+ * against a float64 JS reference of Mixtral's block; relative errors below):
+ *
+ * - `activation_type: 'swiglu'` needs `swiglu_fusion: 1` — with the default 0
+ *   or with 2 (concatenated) session creation throws "CPU MoE only supports
+ *   interleaved SwiGLU format. Please set swiglu_fusion=1." Inputs fc3_* are
+ *   rejected ("FC3 is not implemented for CPU MoE"), so gate and up both live
+ *   in fc1.
+ * - fc1 is `[E, 2·inter, hidden]` with the gate and up projections
+ *   interleaved ROW BY ROW: row 2f is gate row f (Mixtral w1, gate_proj), row
+ *   2f+1 is up row f (w3, up_proj). Error 1.3e-7 with that order; 5.5e-1 with
+ *   up first; 1.1–1.3 with either concatenated order ([gate; up] or [up; gate]).
+ *   fc2 is `[E, hidden, inter]` (w2 / down_proj as stored).
+ * - The activation is `gate·σ(α·gate)·(up + β)` with gate clamped above and
+ *   up clamped to ±limit; the defaults α = 1 (activation_alpha), β = 0
+ *   (activation_beta), limit = +∞ (swiglu_limit) give exactly Mixtral's
+ *   `silu(gate)·up` (error 1.4e-7 even with gate values far above 7, so no
+ *   clamp is applied by default). GPT-OSS's variant is α 1.702, β 1, limit 7
+ *   (error 7.8e-1 against the Mixtral reference).
+ * - router_probs are logits: ORT softmaxes them over all experts, takes the
+ *   top k, and with normalize_routing_weights = 1 divides by their sum —
+ *   Mixtral's routing (softmax, top-2, renormalised).
+ */
+
+/**
+ * Interleaves gate and up stacks `[E, F, H]` into ORT's fused SwiGLU fc1
+ * `[E, 2F, H]`: row 2f = gate row f, row 2f+1 = up row f (see above).
+ */
+export function interleaveGateUp(gate: Float32Array, up: Float32Array, E: number, F: number, H: number): Float32Array {
+  const n = E * F * H;
+  if (gate.length !== n || up.length !== n) throw new RangeError(`interleaveGateUp: gate/up need ${E}·${F}·${H} elements`);
+  const out = new Float32Array(2 * n);
+  for (let e = 0; e < E; e++)
+    for (let f = 0; f < F; f++) {
+      const src = (e * F + f) * H;
+      const dst = (e * 2 * F + 2 * f) * H;
+      out.set(gate.subarray(src, src + H), dst);
+      out.set(up.subarray(src, src + H), dst + H);
+    }
+  return out;
+}
+
+export interface MoEModelOptions {
+  /** Hidden size H. */
+  hidden: number;
+  /** Expert intermediate size F (fc1 has 2F rows: SwiGLU). */
+  inter: number;
+  experts: number;
+  k: number;
+  /** `[E, F, H]` gate (w1) and up (w3) stacks, checkpoint layout. */
+  gate: Float32Array;
+  up: Float32Array;
+  /** `[E, H, F]` down (w2) stack. */
+  down: Float32Array;
+  /**
+   * `[E, H]` router weight (PyTorch layout). Given: the model computes
+   * `router_probs = X·Wrᵀ` itself (MatMul node) and takes only 'X'.
+   * Omitted: the logits are the model's second input 'router_probs' [M, E].
+   */
+  router?: Float32Array;
+  /** Default 1 (Mixtral). */
+  normalizeRoutingWeights?: number;
+}
+
+/**
+ * com.microsoft `MoE` with SwiGLU experts in the layout ORT's CPU kernel reads
+ * (see above). Inputs 'X' [M, H] (and 'router_probs' [M, E] unless `router`
+ * is given); output 'Y' [M, H].
+ */
+export function moeModel(o: MoEModelOptions): Uint8Array {
+  const { hidden: H, inter: F, experts: E, k } = o;
+  const W1 = interleaveGateUp(o.gate, o.up, E, F, H);
+  const nodes: NodeSpec[] = [];
+  const initializers: TensorSpec[] = [floatTensor('W1', [E, 2 * F, H], W1), floatTensor('W2', [E, H, F], o.down)];
+  const inputs: ValueInfoSpec[] = [valueInfo('X', ['M', H])];
+  if (o.router) {
+    nodes.push(node('MatMul', ['X', 'Wr'], ['router_probs']));
+    initializers.push(floatTensor('Wr', [H, E], transpose(o.router, E, H)));
+  } else {
+    inputs.push(valueInfo('router_probs', ['M', E]));
+  }
+  nodes.push(
+    node(
+      'MoE',
+      ['X', 'router_probs', 'W1', '', 'W2'],
+      ['Y'],
+      { k, activation_type: 'swiglu', swiglu_fusion: 1, normalize_routing_weights: o.normalizeRoutingWeights ?? 1 },
+      { domain: 'com.microsoft' },
+    ),
+  );
+  return model({
+    opsets: { '': 17, 'com.microsoft': 1 },
+    graph: { name: 'moe', nodes, initializers, inputs, outputs: [valueInfo('Y', ['M', H])] },
+  });
+}

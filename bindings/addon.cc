@@ -3,7 +3,9 @@
 
 #include "args.h"
 #include "families.h"
+#include "sparsekit/bsr.h"
 #include "sparsekit/dense.h"
+#include "sparsekit/routing.h"
 #include "sparsekit/nm.h"
 #include "sparsekit/runtime.h"
 #include "sparsekit/thread_pool.h"
@@ -36,6 +38,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("threads", ThreadPool::instance().num_threads());
   Napi::Object kernels = Napi::Object::New(env);
   kernels.Set("dense", dense_kernels(isa)->name);
+  if (const RoutingKernels* rk = routing_kernels(isa)) kernels.Set("routing", rk->name);
+  kernels.Set("bsr", bsr_kernels(isa)->name);
   if (const NmKernels* nk = nm_kernels(isa)) kernels.Set("nm", nk->name);
   o.Set("kernels", kernels);
   const CpuFeatures& f = cpu_features();
@@ -80,8 +84,11 @@ Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads, "getNumThreads"));
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
   RegisterDense(env, exports);
+  RegisterBsr(env, exports);
   RegisterExperts(env, exports);
+  RegisterRouting(env, exports);
   RegisterNM(env, exports);
+  RegisterCuda(env, exports);
   return exports;
 }
 

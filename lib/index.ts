@@ -5,9 +5,21 @@
  * kernels for the CPU's best instruction set chosen at load.
  */
 import { native, type IsaName, type RawInfo } from './native';
+import { cuda, type CudaBackendInfo } from './cuda';
 
 export { linear, linearAsync, prepackLinear } from './dense';
 export type { LinearOptions, ActivationName, PackedLinear } from './dense';
+export {
+  BlockSparseMatrix,
+  prepackBsrLinear,
+  bsrLinear,
+  bsrLinearAsync,
+  bsrLinearTransposed,
+  bsrLinearTransposedAsync,
+  sddmm,
+  sddmmAsync,
+} from './bsr';
+export type { BlockSparseParts, FromDenseOptions, RandomBsrOptions, OutOption, PackedBsrLinear } from './bsr';
 export {
   prepackExperts,
   prepackGatedExperts,
@@ -26,6 +38,26 @@ export {
 } from './experts';
 export type { PackedExperts, ExpertPlan, GroupedOptions, ExpertsForwardOptions } from './experts';
 export {
+  route,
+  routeAsync,
+  routeBackward,
+  routeBackwardAsync,
+  updateSelectionBias,
+  routingPresets,
+  DEEPSEEK_V3_BIAS_UPDATE_SPEED,
+} from './routing';
+export type {
+  RouteOptions,
+  RouteAuxOptions,
+  RouteLoss,
+  RoutingPlan,
+  RouteMode,
+  RouteScore,
+  GroupScore,
+  DropPolicy,
+  RoutingPresetName,
+} from './routing';
+export {
   NMSparseMatrix,
   nmMask,
   isNM,
@@ -38,6 +70,19 @@ export {
   nmLinearTransposedAsync,
 } from './nm';
 export type { NMPattern, NMParts, Cutlass24, NMLinearOptions, PackedNMLinear } from './nm';
+export { cuda, DeviceTensor, DevicePlan, DeviceBsr, DeviceNM, CudaStream, CudaUnavailableError } from './cuda';
+export { DeviceMoELayer } from './cuda_moe';
+export type { DeviceMoEForward } from './cuda_moe';
+export type {
+  DeviceDtype,
+  CudaBackendInfo,
+  CudaBackendStatus,
+  CudaLinearOptions,
+  CudaGroupedOptions,
+  CudaRouteOptions,
+  HostPlan,
+  StreamOption,
+} from './cuda';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
 export type { IsaName } from './native';
@@ -48,7 +93,14 @@ export interface BackendInfo {
 }
 
 export interface SparsekitInfo extends RawInfo {
-  backends: { cpu: BackendInfo; cuda: BackendInfo };
+  /**
+   * `cpu` is always available. `cuda` says whether the optional CUDA plugin
+   * was found and can run here, and if not why: `status` is one of
+   * `disabled`, `no-plugin`, `load-error`, `abi-mismatch`, `no-driver`,
+   * `no-gpu`, `unsupported-gpu`, `available`; `reason` says it in words
+   * (the device, or what is missing). Asking loads the plugin (once).
+   */
+  backends: { cpu: BackendInfo; cuda: CudaBackendInfo };
 }
 
 /** Version, chosen instruction set (and why), threads, kernels and backends. */
@@ -58,7 +110,7 @@ export function info(): SparsekitInfo {
     ...raw,
     backends: {
       cpu: { available: true, reason: `${raw.isa} kernels, ${raw.threads} threads` },
-      cuda: { available: false, reason: 'this build has no CUDA plugin (libsparsekit_cuda is not shipped yet)' },
+      cuda: cuda.info(),
     },
   };
 }
@@ -85,3 +137,8 @@ export function setIsa(isa: IsaName): void {
 
 export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MAX_HEADER_BYTES } from './safetensors';
 export type { TensorInfo, TensorToSave } from './safetensors';
+
+export { MoELayer, moePresets } from './moe';
+export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';
+export { SparseExperts, sparseExpertsForward, sparsePlainExpertsForward } from './sparse-experts';
+export type { SparseExpertFormat } from './sparse-experts';

@@ -8,6 +8,12 @@
  *   - bitwise identity across thread counts and between sync and async.
  * Instruction sets compiled into the binary but not runnable here are reported
  * as skipped with the reason, never silently dropped.
+ *
+ * An op with several results returns `{ outputs: { name: typedArray } }` from
+ * `run`/`runAsync` and the same names from `reference`: integer outputs (ids,
+ * offsets, permutations) must equal the reference exactly, float outputs are
+ * held to `tolerance` (a number, or one per output name), and every output
+ * must be bitwise identical across threads and sync/async.
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
@@ -19,17 +25,25 @@ export interface Sample<I> {
   inputs: I;
 }
 
+export type OutputArray = Float32Array | Float64Array | Int32Array;
+/** Several named results of one op. */
+export interface Outputs {
+  outputs: Record<string, OutputArray>;
+}
+export type RunResult = Float32Array | { data: Float32Array } | Outputs;
+export type RefResult = Float64Array | Float32Array | { outputs: Record<string, ArrayLike<number>> };
+
 export interface OpSpec<I, P = I> {
   name: string;
   /** Sample inputs; deterministic (seeded). */
   samples(): Sample<I>[];
   /** Per-ISA preparation that must happen after the ISA is chosen (e.g. prepacking). */
   prepare?(inputs: I): P;
-  run(prepared: P, inputs: I): Float32Array | { data: Float32Array };
-  runAsync(prepared: P, inputs: I): Promise<Float32Array | { data: Float32Array }>;
-  reference(inputs: I): Float64Array | Float32Array;
-  /** Relative tolerance on ‖y − ref‖ / ‖ref‖. */
-  tolerance: number;
+  run(prepared: P, inputs: I): RunResult;
+  runAsync(prepared: P, inputs: I): Promise<RunResult>;
+  reference(inputs: I): RefResult;
+  /** Relative tolerance on ‖y − ref‖ / ‖ref‖ (per float output name, or one for all). */
+  tolerance: number | Record<string, number>;
 }
 
 export function relError(y: ArrayLike<number>, ref: ArrayLike<number>): number {
@@ -45,12 +59,59 @@ export function relError(y: ArrayLike<number>, ref: ArrayLike<number>): number {
   return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
 
-function bitsEqual(a: Float32Array, b: Float32Array): boolean {
-  if (a.length !== b.length) return false;
-  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+function bitsEqual(a: OutputArray, b: OutputArray): boolean {
+  if (a.length !== b.length || a.constructor !== b.constructor) return false;
+  const ua = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+  const ub = new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
   for (let i = 0; i < ua.length; i++) if (ua[i] !== ub[i]) return false;
   return true;
+}
+
+function outputsOf(r: RunResult): Record<string, OutputArray> {
+  if (r instanceof Float32Array) return { y: r.slice() };
+  if ('outputs' in r) {
+    const o: Record<string, OutputArray> = {};
+    for (const [k, v] of Object.entries(r.outputs)) o[k] = v.slice();
+    return o;
+  }
+  return { y: r.data.slice() };
+}
+
+function refOutputsOf(r: RefResult): Record<string, ArrayLike<number>> {
+  if (r instanceof Float64Array || r instanceof Float32Array) return { y: r };
+  return r.outputs;
+}
+
+/** First index where two integer arrays differ, or -1. */
+function firstMismatch(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  const n = Math.max(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return -1;
+}
+
+/** Compares every named output with the reference; throws naming the first failure. */
+export function compareOutputs(
+  got: Record<string, OutputArray>,
+  ref: Record<string, ArrayLike<number>>,
+  tolerance: number | Record<string, number>,
+  where: string,
+): void {
+  for (const [name, r] of Object.entries(ref)) {
+    const y = got[name];
+    assert.ok(y !== undefined, `${where}: output ${name} is missing`);
+    if (y instanceof Int32Array) {
+      const i = firstMismatch(y, r);
+      assert.ok(
+        i < 0,
+        `${where}: ${name} differs from the reference at [${i}]: got ${y[i]}, want ${r[i]} (lengths ${y.length} vs ${r.length})`,
+      );
+    } else {
+      const tol = typeof tolerance === 'number' ? tolerance : tolerance[name];
+      assert.ok(tol !== undefined, `${where}: no tolerance for output ${name}`);
+      const err = relError(y, r);
+      assert.ok(err <= tol, `${where}: ${name} relative error ${err.toExponential(3)} > ${tol}`);
+    }
+  }
 }
 
 const ALL_ISAS: IsaName[] = ['scalar', 'avx2', 'avx512', 'neon'];
@@ -83,35 +144,37 @@ export async function withRuntime<T>(isa: IsaName, threads: number, fn: () => T 
   }
 }
 
-function dataOf(r: Float32Array | { data: Float32Array }): Float32Array {
-  return r instanceof Float32Array ? r : r.data;
-}
-
 /** Registers the standard checks of one op. */
 export function checkOp<I, P>(spec: OpSpec<I, P>): void {
   const { run, skipped } = isaMatrix();
   const samples = spec.samples();
-  const refs = samples.map((s) => spec.reference(s.inputs));
+  const refs = samples.map((s) => refOutputsOf(spec.reference(s.inputs)));
   for (const isa of run) {
     test(`${spec.name} [${isa}] matches the float64 reference; 1 = 2 threads; sync = async`, async () => {
       for (let si = 0; si < samples.length; si++) {
         const s = samples[si];
-        const results: Float32Array[] = [];
+        const results: Record<string, OutputArray>[] = [];
         for (const threads of [1, 2]) {
           await withRuntime(isa, threads, async () => {
             const prepared = spec.prepare ? spec.prepare(s.inputs) : (s.inputs as unknown as P);
-            const y = dataOf(spec.run(prepared, s.inputs)).slice();
-            const ya = dataOf(await spec.runAsync(prepared, s.inputs)).slice();
-            const err = relError(y, refs[si]);
-            assert.ok(
-              err <= spec.tolerance,
-              `${spec.name} [${isa}, ${threads} threads] ${s.label}: relative error ${err.toExponential(3)} > ${spec.tolerance}`,
-            );
-            assert.ok(bitsEqual(y, ya), `${spec.name} [${isa}, ${threads} threads] ${s.label}: async result differs from sync`);
+            const y = outputsOf(spec.run(prepared, s.inputs));
+            const ya = outputsOf(await spec.runAsync(prepared, s.inputs));
+            compareOutputs(y, refs[si], spec.tolerance, `${spec.name} [${isa}, ${threads} threads] ${s.label}`);
+            for (const name of Object.keys(y)) {
+              assert.ok(
+                bitsEqual(y[name], ya[name]),
+                `${spec.name} [${isa}, ${threads} threads] ${s.label}: async ${name} differs from sync`,
+              );
+            }
             results.push(y);
           });
         }
-        assert.ok(bitsEqual(results[0], results[1]), `${spec.name} [${isa}] ${s.label}: 1 and 2 threads differ bitwise`);
+        for (const name of Object.keys(results[0])) {
+          assert.ok(
+            bitsEqual(results[0][name], results[1][name]),
+            `${spec.name} [${isa}] ${s.label}: ${name} differs bitwise between 1 and 2 threads`,
+          );
+        }
       }
     });
   }

@@ -9,9 +9,11 @@
 #include <random>
 #include <vector>
 
+#include "sparsekit/bsr.h"
 #include "sparsekit/dense.h"
 #include "sparsekit/runtime.h"
 #include "sparsekit/thread_pool.h"
+#include "routing_tests.h"
 
 using namespace sparsekit;
 
@@ -119,6 +121,101 @@ static void test_linear_isa(Isa isa, std::mt19937& rng) {
   }
 }
 
+// Block-sparse products against double references built from the blocks,
+// 1 vs 2 threads bitwise, packed vs unpacked bitwise.
+static void test_bsr_isa(Isa isa, std::mt19937& rng) {
+  // br, bc, block rows, block cols, tokens, density·100
+  const int cases[][6] = {{1, 16, 5, 4, 50, 40},  {4, 1, 3, 20, 17, 30}, {8, 8, 3, 4, 9, 50},   {16, 16, 2, 3, 16, 60},
+                          {32, 32, 2, 2, 33, 75}, {64, 64, 1, 2, 5, 100}, {3, 5, 4, 3, 7, 50},  {2, 3, 3, 3, 1, 0},
+                          {7, 2, 2, 5, 20, 100}};
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
+  ThreadPool& pool = ThreadPool::instance();
+  for (auto& c : cases) {
+    const int64_t br = c[0], bc = c[1], nbr = c[2], nbc = c[3], m = c[4];
+    const int64_t n = nbr * br, k = nbc * bc;
+    std::vector<int32_t> row_ptr(nbr + 1, 0), col_idx;
+    for (int64_t R = 0; R < nbr; ++R) {
+      for (int64_t j = 0; j < nbc; ++j)
+        if (int(rng() % 100) < c[5]) col_idx.push_back(int32_t(j));
+      row_ptr[R + 1] = int32_t(col_idx.size());
+    }
+    const int64_t nnz = int64_t(col_idx.size());
+    std::vector<float> values(nnz * br * bc), x(m * k), dy(m * n), bias(n);
+    for (auto& v : values) v = U(rng);
+    for (auto& v : x) v = U(rng);
+    for (auto& v : dy) v = U(rng);
+    for (auto& v : bias) v = U(rng);
+    BsrView w;
+    w.rows = n; w.cols = k; w.br = br; w.bc = bc; w.nnz = nnz;
+    w.row_ptr = row_ptr.data(); w.col_idx = col_idx.data(); w.values = values.data();
+    Status st = bsr_validate(w, nbr + 1, nnz, nnz * br * bc);
+    CHECK(st.ok(), "bsr_validate: %s", st.message.c_str());
+    std::vector<double> dense(n * k, 0.0);
+    for (int64_t R = 0; R < nbr; ++R)
+      for (int64_t j = row_ptr[R]; j < row_ptr[R + 1]; ++j)
+        for (int64_t i = 0; i < br; ++i)
+          for (int64_t q = 0; q < bc; ++q) dense[(R * br + i) * k + col_idx[j] * bc + q] = values[(j * br + i) * bc + q];
+    std::vector<double> yref(m * n), dxref(m * k, 0.0);
+    for (int64_t t = 0; t < m; ++t)
+      for (int64_t o = 0; o < n; ++o) {
+        double acc = bias[o];
+        for (int64_t q = 0; q < k; ++q) acc += double(x[t * k + q]) * dense[o * k + q];
+        yref[t * n + o] = act_ref(acc, Activation::kSilu);
+        for (int64_t q = 0; q < k; ++q) dxref[t * k + q] += double(dy[t * n + o]) * dense[o * k + q];
+      }
+    std::shared_ptr<PackedBsr> packed;
+    st = bsr_pack(w, isa, &packed);
+    CHECK(st.ok(), "bsr_pack: %s", st.message.c_str());
+    if (!st.ok()) return;
+    BsrLinearArgs a;
+    a.x = x.data(); a.m = m; a.k = k; a.bias = bias.data(); a.act = Activation::kSilu;
+    std::vector<float> y1(m * n), y2(m * n), y3(m * n), dx1(m * k), dx2(m * k), dx3(m * k);
+    BsrLinearArgs t = a;
+    t.x = dy.data(); t.k = n; t.bias = nullptr; t.act = Activation::kNone;
+    for (int threads : {1, 2}) {
+      pool.set_num_threads(threads);
+      a.y = threads == 1 ? y1.data() : y2.data();
+      CHECK(bsr_linear_packed(a, *packed).ok(), "bsr_linear_packed");
+      t.y = threads == 1 ? dx1.data() : dx2.data();
+      CHECK(bsr_linear_transposed_packed(t, *packed).ok(), "bsr_linear_transposed_packed");
+    }
+    a.y = y3.data();
+    CHECK(bsr_linear(a, w, isa).ok(), "bsr_linear");
+    t.y = dx3.data();
+    CHECK(bsr_linear_transposed(t, w, isa).ok(), "bsr_linear_transposed");
+    double e = rel_err(y1, yref), ed = rel_err(dx1, dxref);
+    CHECK(e < 2e-6, "bsr_linear %s %dx%d rel err %.3g", isa_name(isa), int(br), int(bc), e);
+    CHECK(ed < 2e-6, "bsr_linear_transposed %s %dx%d rel err %.3g", isa_name(isa), int(br), int(bc), ed);
+    CHECK(std::memcmp(y1.data(), y2.data(), y1.size() * 4) == 0, "bsr_linear %s %dx%d: 1 vs 2 threads differ",
+          isa_name(isa), int(br), int(bc));
+    CHECK(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0, "bsr_linear %s: packed vs unpacked differ", isa_name(isa));
+    CHECK(std::memcmp(dx1.data(), dx2.data(), dx1.size() * 4) == 0, "bsr_linear_transposed %s: threads differ", isa_name(isa));
+    CHECK(std::memcmp(dx1.data(), dx3.data(), dx1.size() * 4) == 0, "bsr_linear_transposed %s: packed vs unpacked differ",
+          isa_name(isa));
+    // sddmm: a [n, kk], b [k, kk] on W's pattern
+    const int64_t kk = 1 + int64_t(rng() % 300);
+    std::vector<float> sa(n * kk), sb(k * kk), c1(nnz * br * bc), c2(nnz * br * bc);
+    for (auto& v : sa) v = U(rng);
+    for (auto& v : sb) v = U(rng);
+    std::vector<double> cref(nnz * br * bc);
+    for (int64_t R = 0; R < nbr; ++R)
+      for (int64_t j = row_ptr[R]; j < row_ptr[R + 1]; ++j)
+        for (int64_t i = 0; i < br; ++i)
+          for (int64_t q = 0; q < bc; ++q) {
+            double acc = 0;
+            for (int64_t z = 0; z < kk; ++z) acc += double(sa[(R * br + i) * kk + z]) * sb[(col_idx[j] * bc + q) * kk + z];
+            cref[(j * br + i) * bc + q] = acc;
+          }
+    for (int threads : {1, 2}) {
+      pool.set_num_threads(threads);
+      CHECK(bsr_sddmm(sa.data(), n, kk, sb.data(), k, w, threads == 1 ? c1.data() : c2.data(), isa).ok(), "bsr_sddmm");
+    }
+    double es = rel_err(c1, cref);
+    CHECK(es < 2e-6, "bsr_sddmm %s %dx%d k=%d rel err %.3g", isa_name(isa), int(br), int(bc), int(kk), es);
+    CHECK(c1.empty() || std::memcmp(c1.data(), c2.data(), c1.size() * 4) == 0, "bsr_sddmm %s: threads differ", isa_name(isa));
+  }
+}
+
 int main() {
   std::mt19937 rng(1234);
   test_pool();
@@ -132,6 +229,10 @@ int main() {
     test_linear_isa(isa, rng);
     ++ran;
     std::printf("linear %s (%s): checked\n", isa_name(isa), dense_kernels(isa)->name);
+    test_bsr_isa(isa, rng);
+    std::printf("bsr %s (%s): checked\n", isa_name(isa), bsr_kernels(isa)->name);
+    failures += routing_tests::run(isa, rng);
+    std::printf("routing %s (%s): checked\n", isa_name(isa), routing_kernels(isa)->name);
   }
   CHECK(ran >= 1, "no ISA variant ran");
   std::printf("%d failures\n", failures);

@@ -58,7 +58,7 @@ class ThreadPool {
   // Published (release) after the job fields above; workers spin on it for a
   // short while before sleeping, so back-to-back calls don't pay a wake-up.
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> active_workers_{0};  // workers still inside the current job
+  std::atomic<uint64_t> job_{0};  // generation | CLOSED | joined workers (thread_pool.cc)
   std::atomic<bool> stopping_{false};
 };
 

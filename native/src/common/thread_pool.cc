@@ -82,6 +82,18 @@ void ThreadPool::drain(int worker_index) {
   tl_inside_task = false;
 }
 
+// job_ packs the current job's generation (high 31 bits), a CLOSED flag and
+// the number of workers that joined it (low 32 bits). A worker may only run
+// tasks of a job it joined while the job was open; the caller closes the job
+// once every task is claimed and waits only for the workers that joined. A
+// worker the OS has not scheduled yet simply misses the job, instead of
+// holding up the caller (which matters on an oversubscribed machine).
+namespace {
+constexpr uint64_t kClosed = 1ull << 32;
+constexpr uint64_t kJoinedMask = kClosed - 1;
+inline uint64_t job_gen(uint64_t s) { return s >> 33; }
+}  // namespace
+
 void ThreadPool::worker_loop(int worker_index, uint64_t seen) {
   for (;;) {
     for (int i = 0; i < kSpinIterations && generation_.load(std::memory_order_acquire) == seen && !stopping_.load(); ++i)
@@ -92,8 +104,18 @@ void ThreadPool::worker_loop(int worker_index, uint64_t seen) {
     }
     if (stopping_.load()) return;
     seen = generation_.load(std::memory_order_acquire);
+    uint64_t s = job_.load(std::memory_order_acquire);
+    bool joined = false;
+    while (job_gen(s) == (seen & 0x7fffffffull) && !(s & kClosed)) {
+      if (job_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        joined = true;
+        break;
+      }
+    }
+    if (!joined) continue;
     drain(worker_index);
-    if (active_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    s = job_.fetch_sub(1, std::memory_order_acq_rel) - 1;
+    if ((s & kClosed) && (s & kJoinedMask) == 0) {
       std::lock_guard<std::mutex> lk(mu_);  // pairs with the caller's predicate check
       cv_done_.notify_one();
     }
@@ -124,14 +146,22 @@ void ThreadPool::run(int64_t n_tasks, TaskFn fn, void* ctx) {
     ctx_ = ctx;
     n_tasks_ = n_tasks;
     next_.store(0, std::memory_order_relaxed);
-    active_workers_.store(n_workers, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    uint64_t g = generation_.load(std::memory_order_relaxed) + 1;
+    job_.store((g & 0x7fffffffull) << 33, std::memory_order_release);
+    generation_.store(g, std::memory_order_release);
   }
   cv_work_.notify_all();
   drain(0);
-  for (int i = 0; i < kSpinIterations && active_workers_.load(std::memory_order_acquire) != 0; ++i) SK_CPU_RELAX();
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_done_.wait(lk, [&] { return active_workers_.load(std::memory_order_acquire) == 0; });
+  // Every task is claimed; close the job and wait for the workers that joined.
+  uint64_t s = job_.fetch_or(kClosed, std::memory_order_acq_rel) | kClosed;
+  for (int i = 0; i < kSpinIterations && (s & kJoinedMask) != 0; ++i) {
+    SK_CPU_RELAX();
+    s = job_.load(std::memory_order_acquire);
+  }
+  if ((s & kJoinedMask) != 0) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_done_.wait(lk, [&] { return (job_.load(std::memory_order_acquire) & kJoinedMask) == 0; });
+  }
   fn_ = nullptr;
   ctx_ = nullptr;
 }

@@ -1,18 +1,11 @@
 // Dense GEMM instantiated for the avx512 variant; this file is compiled with
 // that instruction set's flags (see native/sources.json).
+#include "gemm_configs.h"
 #include "gemm_impl.h"
 #include "sparsekit/dense.h"
 
 namespace sparsekit {
 namespace {
-struct GemmCfg_avx512 {
-  using V = Avx512Vec;
-  static constexpr int MR = 8;
-  static constexpr int NRV = 2;
-  static constexpr int KC = 192;
-  static constexpr int MC_MAX = 240;
-  static constexpr int NC_PANELS_MAX = 16;
-};
 using G = Gemm<GemmCfg_avx512>;
 const DenseKernels kKernels = {Isa::kAvx512, "f32-gemm-8x32-avx512f", G::MR, G::NR, &G::pack_w, &G::gemm, &G::grouped_gemm};
 }  // namespace

@@ -40,12 +40,36 @@ struct LocalArray {
   T* p;
 };
 
+// The inner loop of every micro-kernel: acc[MR][NRV] += a[kc][MR_STEP] · b[kc][NR]
+// (NR = NRV·W), one FMA per element per kk, in kk order. Shared by the dense
+// micro-kernel below and the block-sparse one (native/src/bsr/bsr_impl.h),
+// which runs it once per kept block with b jumping to that block's columns.
+template <class V, int MR, int NRV, int MR_STEP>
+SK_INLINE void gemm_ukernel_steps(int64_t kc, const float* __restrict ap, const float* __restrict bp,
+                                  typename V::T (&acc)[MR][NRV]) {
+  using T = typename V::T;
+  constexpr int NR = NRV * V::W;
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    T bv[NRV];
+#pragma GCC unroll 8
+    for (int j = 0; j < NRV; ++j) bv[j] = V::load(bp + j * V::W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      T av = V::bcast(ap + i);
+#pragma GCC unroll 8
+      for (int j = 0; j < NRV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+    }
+    ap += MR_STEP;
+    bp += NR;
+  }
+}
+
 // Micro-kernel: c[MR, NRV·W] (+)= a[kc][MR_STEP] · b[kc][NRV·W].
 template <class V, int MR, int NRV, int MR_STEP>
 __attribute__((noinline)) void gemm_ukernel(int64_t kc, const float* __restrict a, const float* __restrict b,
                                             float* __restrict c, int64_t ldc, bool accumulate) {
   using T = typename V::T;
-  constexpr int NR = NRV * V::W;
   T acc[MR][NRV];
   if (accumulate) {
 #pragma GCC unroll 16
@@ -58,24 +82,76 @@ __attribute__((noinline)) void gemm_ukernel(int64_t kc, const float* __restrict 
 #pragma GCC unroll 8
       for (int j = 0; j < NRV; ++j) acc[i][j] = V::zero();
   }
-#pragma GCC unroll 2
-  for (int64_t kk = 0; kk < kc; ++kk) {
-    T bv[NRV];
-#pragma GCC unroll 8
-    for (int j = 0; j < NRV; ++j) bv[j] = V::load(b + j * V::W);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      T av = V::bcast(a + i);
-#pragma GCC unroll 8
-      for (int j = 0; j < NRV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
-    }
-    a += MR_STEP;
-    b += NR;
-  }
+  gemm_ukernel_steps<V, MR, NRV, MR_STEP>(kc, a, b, acc);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < NRV; ++j) V::store(c + i * ldc + j * V::W, acc[i][j]);
+}
+
+#if defined(__AVX2__)
+// d[c·ldd + r] = s[r·lds + c] for an 8×8 tile, in registers.
+SK_INLINE void sk_transpose8x8(const float* __restrict s, int64_t lds, float* __restrict d, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds), r2 = _mm256_loadu_ps(s + 2 * lds),
+         r3 = _mm256_loadu_ps(s + 3 * lds), r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds),
+         r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
+  __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1), u2 = _mm256_unpacklo_ps(r2, r3),
+         u3 = _mm256_unpackhi_ps(r2, r3), u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5),
+         u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE), v2 = _mm256_shuffle_ps(u1, u3, 0x44),
+         v3 = _mm256_shuffle_ps(u1, u3, 0xEE), v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE),
+         v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
+  _mm256_storeu_ps(d, _mm256_permute2f128_ps(v0, v4, 0x20));
+  _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(v1, v5, 0x20));
+  _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(v2, v6, 0x20));
+  _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(v3, v7, 0x20));
+  _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(v0, v4, 0x31));
+  _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(v1, v5, 0x31));
+  _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(v2, v6, 0x31));
+  _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(v3, v7, 0x31));
+}
+#endif
+
+// Packs rows [p0·NR, p1·NR) of a row-major [n, k] matrix into panels of NR
+// rows stored k-major (panel p holds row p·NR + j, column kk at
+// [p·k·NR + kk·NR + j]), zero-padding past n. The dense kernel packs W this
+// way; the block-sparse kernel packs its token panels of x the same way.
+template <int NR>
+void pack_rows_kmajor(const float* w, int64_t n, int64_t k, int64_t p0, int64_t p1, float* out) {
+  for (int64_t p = p0; p < p1; ++p) {
+    float* dst = out + p * k * NR;
+    int64_t rows = sk_min64(NR, n - p * NR);
+    int64_t j_done = 0;
+#if defined(__AVX2__)
+    if constexpr (NR % 8 == 0) {
+      // 8×8 register transposes over whole groups of 8 rows and 8 columns.
+      j_done = rows / 8 * 8;
+      const int64_t k_done = k / 8 * 8;
+      for (int64_t k0 = 0; k0 < k_done; k0 += 64) {
+        int64_t k1 = sk_min64(k_done, k0 + 64);
+        for (int64_t j0 = 0; j0 < j_done; j0 += 8)
+          for (int64_t kk = k0; kk < k1; kk += 8) sk_transpose8x8(w + (p * NR + j0) * k + kk, k, dst + kk * NR + j0, NR);
+      }
+      for (int64_t j = 0; j < j_done; ++j) {
+        const float* src = w + (p * NR + j) * k;
+        for (int64_t kk = k_done; kk < k; ++kk) dst[kk * NR + j] = src[kk];
+      }
+    }
+#endif
+    // Blocked transpose of what is left: 64 k-columns at a time keeps the
+    // source rows' lines in cache.
+    for (int64_t k0 = 0; k0 < k; k0 += 64) {
+      int64_t k1 = sk_min64(k, k0 + 64);
+      for (int64_t j = j_done; j < NR; ++j) {
+        if (j < rows) {
+          const float* src = w + (p * NR + j) * k;
+          for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = src[kk];
+        } else {
+          for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = 0.f;
+        }
+      }
+    }
+  }
 }
 
 template <class Cfg>
@@ -99,22 +175,7 @@ struct Gemm {
   }
 
   static void pack_w(const float* w, int64_t n, int64_t k, int64_t p0, int64_t p1, float* out) {
-    // Blocked transpose: 8 k-columns at a time keeps the NR source rows' lines in cache.
-    for (int64_t p = p0; p < p1; ++p) {
-      float* dst = out + p * k * NR;
-      int64_t rows = sk_min64(NR, n - p * NR);
-      for (int64_t k0 = 0; k0 < k; k0 += 64) {
-        int64_t k1 = sk_min64(k, k0 + 64);
-        for (int64_t j = 0; j < NR; ++j) {
-          if (j < rows) {
-            const float* src = w + (p * NR + j) * k;
-            for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = src[kk];
-          } else {
-            for (int64_t kk = k0; kk < k1; ++kk) dst[kk * NR + j] = 0.f;
-          }
-        }
-      }
-    }
+    pack_rows_kmajor<NR>(w, n, k, p0, p1, out);
   }
 
   static void pack_x_panel(const float* x, int64_t m, int64_t k, int64_t panel, float* out) {

@@ -1,18 +1,11 @@
 // Dense GEMM instantiated for the scalar variant; this file is compiled with
 // that instruction set's flags (see native/sources.json).
+#include "gemm_configs.h"
 #include "gemm_impl.h"
 #include "sparsekit/dense.h"
 
 namespace sparsekit {
 namespace {
-struct GemmCfg_scalar {
-  using V = ScalarVec;
-  static constexpr int MR = 4;
-  static constexpr int NRV = 4;
-  static constexpr int KC = 256;
-  static constexpr int MC_MAX = 96;
-  static constexpr int NC_PANELS_MAX = 32;
-};
 using G = Gemm<GemmCfg_scalar>;
 const DenseKernels kKernels = {Isa::kScalar, "f32-gemm-4x4-scalar", G::MR, G::NR, &G::pack_w, &G::gemm, &G::grouped_gemm};
 }  // namespace

@@ -1,0 +1,136 @@
+/**
+ * Expert stacks whose matrices are pruned: block-sparse (BSR) or N:M. The MoE
+ * block's experts run with the same permute → gate/up → GLU → down → combine
+ * pipeline as dense experts, each expert's products on the sparse kernels.
+ *
+ * Gated experts keep gate and up as one `[2·ffn, d]` matrix per expert (gate
+ * rows first), so each expert's tokens are read once for both products and
+ * `glu` forms `act(gate) ⊙ up`. For BSR the density applies to that stacked
+ * matrix: its strongest blocks are kept, wherever they fall (gate or up).
+ */
+import { BlockSparseMatrix, bsrLinear, prepackBsrLinear, type PackedBsrLinear } from './bsr';
+import { combine, glu, permute, type ExpertPlan } from './experts';
+import type { ActivationName } from './native';
+import { NMSparseMatrix, nmLinear, prepackNM, type PackedNMLinear } from './nm';
+import type { Float32Tensor } from './tensor';
+
+export type SparseExpertFormat =
+  | { format: 'bsr'; blockSize: number | readonly [number, number]; density: number }
+  | { format: 'nm'; n: number; m: number };
+
+type Packed = PackedBsrLinear | PackedNMLinear;
+
+/** E sparse weight matrices `[out, in]`, pruned from a dense `[E, out, in]` stack and packed. */
+export class SparseExperts {
+  readonly numExperts: number;
+  readonly outFeatures: number;
+  readonly inFeatures: number;
+  readonly spec: Readonly<SparseExpertFormat>;
+  /** Fraction of the dense weights kept (values only). */
+  readonly density: number;
+  private readonly packed: Packed[];
+
+  private constructor(spec: SparseExpertFormat, E: number, out: number, inF: number, packed: Packed[], density: number) {
+    this.spec = spec;
+    this.numExperts = E;
+    this.outFeatures = out;
+    this.inFeatures = inF;
+    this.packed = packed;
+    this.density = density;
+  }
+
+  /** Prunes each expert of `W: [E, out, in]` (magnitude: strongest blocks, or N largest per group of M). */
+  static prune(W: Float32Tensor, spec: SparseExpertFormat): SparseExperts {
+    if (!W || !(W.data instanceof Float32Array) || !Array.isArray(W.shape) || W.shape.length !== 3)
+      throw new TypeError('SparseExperts.prune: W must be a tensor { data: Float32Array, shape: [experts, out, in] }');
+    const [E, out, inF] = W.shape;
+    const packed: Packed[] = [];
+    let kept = 0;
+    for (let e = 0; e < E; e++) {
+      const We = { data: W.data.subarray(e * out * inF, (e + 1) * out * inF), shape: [out, inF] };
+      if (spec.format === 'bsr') {
+        const bs = typeof spec.blockSize === 'number' ? [spec.blockSize, spec.blockSize] : spec.blockSize;
+        const B = BlockSparseMatrix.fromDense(We, { blockSize: bs, density: spec.density });
+        kept += B.values.length;
+        packed.push(prepackBsrLinear(B));
+      } else if (spec.format === 'nm') {
+        const N = NMSparseMatrix.prune(We, { n: spec.n, m: spec.m });
+        kept += (out * inF * spec.n) / spec.m;
+        packed.push(prepackNM(N));
+      } else {
+        throw new RangeError(`SparseExperts.prune: format must be 'bsr' or 'nm', got '${String((spec as { format: unknown }).format)}'`);
+      }
+    }
+    return new SparseExperts(spec, E, out, inF, packed, kept / (E * out * inF));
+  }
+
+  /** `act(x·W_eᵀ + bias)` for one expert's rows. */
+  linear(
+    e: number,
+    x: Float32Tensor,
+    options: { out?: Float32Array; bias?: Float32Array | null; activation?: ActivationName } = {},
+  ): Float32Tensor {
+    const p = this.packed[e];
+    return this.spec.format === 'bsr' ? bsrLinear(x, p as PackedBsrLinear, options) : nmLinear(x, p as PackedNMLinear, options);
+  }
+}
+
+/**
+ * The MoE expert block on sparse experts: `gateUp` holds `[E, 2·ffn, d]`
+ * (gate rows, then up rows), `down` holds `[E, d, ffn]`.
+ */
+export function sparseExpertsForward(
+  x: Float32Tensor,
+  plan: ExpertPlan,
+  gateUp: SparseExperts,
+  down: SparseExperts,
+  options: { activation?: ActivationName } = {},
+): Float32Tensor {
+  const T = x.shape[0];
+  const d = x.shape[1];
+  const E = gateUp.numExperts;
+  if (down.numExperts !== E || gateUp.inFeatures !== d || down.outFeatures !== d || down.inFeatures * 2 !== gateUp.outFeatures)
+    throw new RangeError(
+      `sparseExpertsForward: gateUp [${E}, ${gateUp.outFeatures}, ${gateUp.inFeatures}] and down [${down.numExperts}, ${down.outFeatures}, ${down.inFeatures}] do not form [E, 2·ffn, d] / [E, d, ffn] for d = ${d}`,
+    );
+  if (plan.expertOffsets.length !== E + 1) throw new RangeError(`sparseExpertsForward: plan.expertOffsets must have ${E + 1} entries`);
+  const rows = plan.sortedSlots.length;
+  if (rows === 0) return { data: new Float32Array(T * d), shape: [T, d] };
+  const xs = permute(x, plan);
+  const ys = new Float32Array(rows * d);
+  for (let e = 0; e < E; e++) {
+    const r0 = plan.expertOffsets[e];
+    const r1 = plan.expertOffsets[e + 1];
+    if (r1 === r0) continue;
+    const xe = { data: xs.data.subarray(r0 * d, r1 * d), shape: [r1 - r0, d] };
+    const h = glu(gateUp.linear(e, xe), { activation: options.activation ?? 'silu' });
+    down.linear(e, h, { out: ys.subarray(r0 * d, r1 * d) });
+  }
+  return combine({ data: ys, shape: [rows, d] }, plan);
+}
+
+/** Plain (non-gated) experts on sparse weights: `W2 act(W1 x + b1) + b2`. */
+export function sparsePlainExpertsForward(
+  x: Float32Tensor,
+  plan: ExpertPlan,
+  w1: SparseExperts,
+  w2: SparseExperts,
+  options: { activation?: ActivationName; b1?: Float32Array | null; b2?: Float32Array | null } = {},
+): Float32Tensor {
+  const T = x.shape[0];
+  const d = x.shape[1];
+  const f = w1.outFeatures;
+  const rows = plan.sortedSlots.length;
+  if (rows === 0) return { data: new Float32Array(T * d), shape: [T, d] };
+  const xs = permute(x, plan);
+  const ys = new Float32Array(rows * d);
+  for (let e = 0; e < w1.numExperts; e++) {
+    const r0 = plan.expertOffsets[e];
+    const r1 = plan.expertOffsets[e + 1];
+    if (r1 === r0) continue;
+    const xe = { data: xs.data.subarray(r0 * d, r1 * d), shape: [r1 - r0, d] };
+    const h = w1.linear(e, xe, { activation: options.activation ?? 'none', bias: options.b1 ? options.b1.subarray(e * f, (e + 1) * f) : null });
+    w2.linear(e, h, { out: ys.subarray(r0 * d, r1 * d), bias: options.b2 ? options.b2.subarray(e * d, (e + 1) * d) : null });
+  }
+  return combine({ data: ys, shape: [rows, d] }, plan);
+}

@@ -1,0 +1,277 @@
+// Hopper (sm_90a) warpgroup GEMMs for bf16: dense linear and grouped experts
+// (plain and gated). Compiled for sm_90a only; the callers use it only when
+// the device is sm_90 (use_wgmma()).
+//
+// CTA: two consumer warpgroups (256 threads), tile BM = 128 (64 rows per
+// warpgroup) × BN = 256 (plain; wgmma m64n256k16) or 128 outputs × {gate, up}
+// (gated; two m64n128k16 per k16, two accumulator sets), BK = 64.
+//
+// Operands are staged by cp.async (all threads) into shared memory in the
+// layout wgmma reads with 128-byte swizzling: K-major rows of 64 bf16 (128
+// bytes), 16-byte chunk c of row r stored at chunk c ^ (r mod 8), tiles
+// 1024-byte aligned. The matrix descriptors then say: swizzle 128B, stride
+// between 8-row groups 1024 bytes; a k16 step inside the 64-wide row advances
+// the start address by 32 bytes.
+//
+// Pipeline (STAGES = 4): the slot refilled in iteration `it` is the one the
+// wgmma of iteration it − 2 read; every thread has waited for its own
+// warpgroup's wgmma of it − 2 (wgmma.wait_group 1 in it − 1) before the
+// barrier of iteration it, so no warpgroup can still be reading it.
+// cp.async writes are generic-proxy writes and wgmma reads through the async
+// proxy: each thread fences (fence.proxy.async) after its copies land and
+// before the barrier.
+#include "common.cuh"
+#include "ops.h"
+#include "wgmma_ops.cuh"
+
+namespace skc {
+namespace {
+
+constexpr int kBM = 128, kBK = 64, kStages = 4, kThreads = 256;
+
+template <bool GATED>
+struct WgCfg {
+  static constexpr int BN = GATED ? 128 : 256;  // output columns per CTA
+  static constexpr int B_ROWS = 256;            // staged W rows (gate + up when gated)
+  static constexpr int A_BYTES = kBM * kBK * 2, B_BYTES = B_ROWS * kBK * 2;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr size_t SMEM = size_t(kStages) * STAGE_BYTES + 1024;  // + alignment slack
+  static constexpr int ACC = GATED ? 64 : 128;                           // f32 accumulators per set
+  static constexpr int ACC1 = GATED ? 64 : 1;                            // the up set (gated only)
+};
+
+__device__ __forceinline__ uint64_t desc_encode(uint64_t x) { return (x & 0x3FFFF) >> 4; }
+
+// K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ uint64_t make_desc(const void* p) {
+  return desc_encode(smem_addr(p)) | (desc_encode(16) << 16) | (desc_encode(1024) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Stages ROWS rows × 64 columns (k0 …) of a K-contiguous matrix into the
+// swizzled layout; rows ≥ rows_valid and columns ≥ k are zero.
+template <int ROWS>
+__device__ __forceinline__ void load_tile(unsigned char* dst, const bf16* src, int64_t ld, int rows_valid, int64_t k0,
+                                          int64_t k, const bf16* safe) {
+  constexpr int CHUNKS = ROWS * 8;
+#pragma unroll
+  for (int i = 0; i < CHUNKS / kThreads; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    const int r = c >> 3, ch = c & 7;
+    const int64_t col = k0 + ch * 8;
+    const bool ok = r < rows_valid && col < k;
+    cp_async_16(dst + r * 128 + ((ch ^ (r & 7)) << 4), ok ? src + r * ld + col : safe, ok ? 16 : 0);
+  }
+}
+
+struct WgTile {
+  const bf16* a;   // A tile row 0
+  const bf16* b;   // B (gate) tile row 0
+  const bf16* b3;  // gated: up tile row 0
+  int a_rows, b_rows;
+  int64_t k;
+};
+
+// The K loop of one CTA tile; acc0 (plain, or gate) and acc1 (up, gated only).
+template <bool GATED>
+__device__ __forceinline__ void wg_mainloop(const WgTile& t, unsigned char* smem, float (&acc0)[WgCfg<GATED>::ACC],
+                                            float (&acc1)[WgCfg<GATED>::ACC1]) {
+  using Cfg = WgCfg<GATED>;
+  const int wg = threadIdx.x >> 7;
+#pragma unroll
+  for (int i = 0; i < Cfg::ACC; ++i) acc0[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < Cfg::ACC1; ++i) acc1[i] = 0.f;
+  const int iters = static_cast<int>((t.k + kBK - 1) / kBK);
+  auto load_stage = [&](int slot, int it) {
+    unsigned char* base = smem + slot * Cfg::STAGE_BYTES;
+    const int64_t k0 = static_cast<int64_t>(it) * kBK;
+    load_tile<kBM>(base, t.a, t.k, t.a_rows, k0, t.k, t.a);
+    if (GATED) {
+      load_tile<128>(base + Cfg::A_BYTES, t.b, t.k, t.b_rows, k0, t.k, t.a);
+      load_tile<128>(base + Cfg::A_BYTES + 128 * 128, t.b3, t.k, t.b_rows, k0, t.k, t.a);
+    } else {
+      load_tile<256>(base + Cfg::A_BYTES, t.b, t.k, t.b_rows, k0, t.k, t.a);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 2; ++s) {
+    if (s < iters) load_stage(s, s);
+    cp_async_commit();
+  }
+  for (int it = 0; it < iters; ++it) {
+    cp_async_wait<kStages - 3>();
+    fence_proxy_async();
+    __syncthreads();
+    {
+      const int nxt = it + kStages - 2;
+      if (nxt < iters) load_stage(nxt % kStages, nxt);
+      cp_async_commit();
+    }
+    unsigned char* base = smem + (it % kStages) * Cfg::STAGE_BYTES;
+    const unsigned char* a_tile = base + wg * (64 * 128);  // this warpgroup's 64 rows
+    const unsigned char* b_tile = base + Cfg::A_BYTES;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      const uint64_t da = make_desc(a_tile + kk * 32);
+      if constexpr (GATED) {
+        wgmma_m64n128k16(acc0, da, make_desc(b_tile + kk * 32));
+        wgmma_m64n128k16(acc1, da, make_desc(b_tile + 128 * 128 + kk * 32));
+      } else {
+        wgmma_m64n256k16(acc0, da, make_desc(b_tile + kk * 32));
+      }
+    }
+    wg_commit();
+    wg_wait<1>();
+  }
+  wg_wait<0>();
+  cp_async_wait<0>();
+}
+
+// Calls f(row, col, v0, v1, u0, u1) for each pair of adjacent accumulators:
+// warp w of the warpgroup holds rows 16w … 16w+15; per 8-column slice j the
+// m16n8 accumulator layout (rows g, g + 8; columns 2q, 2q + 1).
+template <bool GATED, class F>
+__device__ __forceinline__ void wg_epilogue(const float (&acc0)[WgCfg<GATED>::ACC],
+                                            const float (&acc1)[WgCfg<GATED>::ACC1], F&& f) {
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int row = wg * 64 + warp * 16 + (lane >> 2);
+  const int colq = (lane & 3) * 2;
+#pragma unroll
+  for (int j = 0; j < WgCfg<GATED>::ACC / 4; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if constexpr (GATED)
+        f(row + h * 8, j * 8 + colq, acc0[4 * j + 2 * h], acc0[4 * j + 2 * h + 1], acc1[4 * j + 2 * h],
+          acc1[4 * j + 2 * h + 1]);
+      else
+        f(row + h * 8, j * 8 + colq, acc0[4 * j + 2 * h], acc0[4 * j + 2 * h + 1], 0.f, 0.f);
+    }
+}
+
+__device__ __forceinline__ float wg_finish(bool gated, float v, float u, const float* bias, int64_t col, int act) {
+  if (gated) return activate(v, act) * u;
+  if (bias) v += bias[col];
+  return activate(v, act);
+}
+
+__device__ __forceinline__ void wg_store(void* y, int ydt, int64_t ldy, int64_t row, int64_t col, int64_t cols,
+                                         bool gated, float v0, float v1, float u0, float u1, const float* bias, int act) {
+  if (col >= cols) return;
+  const int64_t idx = row * ldy + col;
+  const float a = wg_finish(gated, v0, u0, bias, col, act);
+  if (col + 1 < cols && (idx & 1) == 0) {
+    const float b = wg_finish(gated, v1, u1, bias, col + 1, act);
+    if (ydt == SK_F32)
+      *reinterpret_cast<float2*>(static_cast<float*>(y) + idx) = make_float2(a, b);
+    else
+      *reinterpret_cast<__nv_bfloat162*>(static_cast<bf16*>(y) + idx) = __floats2bfloat162_rn(a, b);
+    return;
+  }
+  auto one = [&](int64_t i, float v) {
+    if (ydt == SK_F32)
+      static_cast<float*>(y)[i] = v;
+    else
+      static_cast<bf16*>(y)[i] = __float2bfloat16_rn(v);
+  };
+  one(idx, a);
+  if (col + 1 < cols) one(idx + 1, wg_finish(gated, v1, u1, bias, col + 1, act));
+}
+
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~static_cast<uintptr_t>(1023));
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    wg_linear_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w, const float* __restrict__ bias,
+                     void* __restrict__ y, int ydt, int64_t m, int64_t n, int64_t k, int act) {
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = aligned_smem(smem_raw);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y) * 256;
+  WgTile t{x + m0 * k, w + n0 * k, nullptr, static_cast<int>(min64(kBM, m - m0)), static_cast<int>(min64(256, n - n0)),
+           k};
+  float acc[128], unused[1];
+  wg_mainloop<false>(t, smem, acc, unused);
+  const int rows = t.a_rows;
+  wg_epilogue<false>(acc, unused, [&](int r, int c, float v0, float v1, float, float) {
+    if (r < rows) wg_store(y, ydt, n, m0 + r, n0 + c, n, false, v0, v1, 0.f, 0.f, bias, act);
+  });
+}
+
+template <bool GATED>
+__global__ void __launch_bounds__(kThreads, 1)
+    wg_grouped_kernel(const bf16* __restrict__ xs, const int32_t* __restrict__ offsets,
+                      const int32_t* __restrict__ tile_start, int64_t experts, const bf16* __restrict__ w,
+                      const bf16* __restrict__ w3, const float* __restrict__ bias, void* __restrict__ y, int ydt,
+                      int64_t n, int64_t k, int act) {
+  using Cfg = WgCfg<GATED>;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = aligned_smem(smem_raw);
+  const int tile = blockIdx.x;
+  if (tile >= tile_start[experts]) return;
+  int e = 0;
+  for (int64_t base = 0; base < experts; base += kThreads) {
+    const int64_t i = base + threadIdx.x;
+    e += __syncthreads_count(i < experts && tile_start[i + 1] <= tile);
+  }
+  const int64_t row0 = offsets[e] + static_cast<int64_t>(tile - tile_start[e]) * kBM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * Cfg::BN;
+  WgTile t{xs + row0 * k, w + (e * n + n0) * k, GATED ? w3 + (e * n + n0) * k : nullptr,
+           static_cast<int>(min64(kBM, offsets[e + 1] - row0)), static_cast<int>(min64(Cfg::BN, n - n0)), k};
+  float acc0[Cfg::ACC], acc1[Cfg::ACC1];
+  wg_mainloop<GATED>(t, smem, acc0, acc1);
+  const int rows = t.a_rows;
+  const float* eb = bias ? bias + e * n : nullptr;
+  wg_epilogue<GATED>(acc0, acc1, [&](int r, int c, float v0, float v1, float u0, float u1) {
+    if (r < rows) wg_store(y, ydt, n, row0 + r, n0 + c, n, GATED, v0, v1, u0, u1, eb, act);
+  });
+}
+
+}  // namespace
+
+const char* wgmma_kernel_names() {
+  return "sm_90a bf16 linear/grouped: wgmma.mma_async m64n256k16 (gated: 2x m64n128k16), 2 consumer warpgroups, "
+         "128x256x64 tiles, 4-stage cp.async into 128B-swizzled shared memory";
+}
+
+bool wgmma_linear_supported(int64_t m, int64_t n, int64_t k) { return m >= 128 && n >= 128 && k % 8 == 0; }
+bool wgmma_grouped_supported(int64_t n, int64_t k) { return n >= 64 && k % 8 == 0; }
+
+int wgmma_linear(const bf16* x, const bf16* w, const float* bias, void* y, int ydt, int64_t m, int64_t n, int64_t k,
+                 int act, cudaStream_t s) {
+  using Cfg = WgCfg<false>;
+  SKC_TRY(prepare(wg_linear_kernel, Cfg::SMEM));
+  dim3 grid(static_cast<unsigned>(ceil_div(m, kBM)), static_cast<unsigned>(ceil_div(n, 256)));
+  wg_linear_kernel<<<grid, kThreads, Cfg::SMEM, s>>>(x, w, bias, y, ydt, m, n, k, act);
+  return check_launch("wg_linear_kernel");
+}
+
+int wgmma_grouped(const bf16* xs, const int32_t* offsets, const int32_t* tile_start, int64_t experts, int64_t max_tiles,
+                  const bf16* w, const bf16* w3, const float* bias, void* y, int ydt, int64_t rows, int64_t n,
+                  int64_t k, int act, cudaStream_t s) {
+  (void)rows;
+  if (w3) {
+    using Cfg = WgCfg<true>;
+    SKC_TRY(prepare(wg_grouped_kernel<true>, Cfg::SMEM));
+    dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>(ceil_div(n, Cfg::BN)));
+    wg_grouped_kernel<true><<<grid, kThreads, Cfg::SMEM, s>>>(xs, offsets, tile_start, experts, w, w3, nullptr, y, ydt,
+                                                              n, k, act);
+  } else {
+    using Cfg = WgCfg<false>;
+    SKC_TRY(prepare(wg_grouped_kernel<false>, Cfg::SMEM));
+    dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>(ceil_div(n, Cfg::BN)));
+    wg_grouped_kernel<false><<<grid, kThreads, Cfg::SMEM, s>>>(xs, offsets, tile_start, experts, w, nullptr, bias, y,
+                                                               ydt, n, k, act);
+  }
+  return check_launch("wg_grouped_kernel");
+}
+
+}  // namespace skc

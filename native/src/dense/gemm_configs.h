@@ -1,0 +1,54 @@
+// Tile shapes of the dense GEMM per instruction set. Shared by the dense
+// family (gemm_<isa>.cc) and every family that runs the dense micro-kernel on
+// sub-blocks (e.g. sddmm in native/src/bsr/), so both tune from one place.
+// Each struct only exists where the file's flags define its vector traits.
+#pragma once
+#include "../common/simd.h"
+
+namespace sparsekit {
+namespace {  // internal linkage: see simd.h
+
+struct GemmCfg_scalar {
+  using V = ScalarVec;
+  static constexpr int MR = 4;
+  static constexpr int NRV = 4;
+  static constexpr int KC = 256;
+  static constexpr int MC_MAX = 96;
+  static constexpr int NC_PANELS_MAX = 32;
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+struct GemmCfg_avx2 {
+  using V = Avx2Vec;
+  static constexpr int MR = 6;
+  static constexpr int NRV = 2;
+  static constexpr int KC = 256;
+  static constexpr int MC_MAX = 240;
+  static constexpr int NC_PANELS_MAX = 32;
+};
+#endif
+
+#if defined(__AVX512F__)
+struct GemmCfg_avx512 {
+  using V = Avx512Vec;
+  static constexpr int MR = 8;
+  static constexpr int NRV = 2;
+  static constexpr int KC = 192;
+  static constexpr int MC_MAX = 240;
+  static constexpr int NC_PANELS_MAX = 16;
+};
+#endif
+
+#if defined(__ARM_NEON)
+struct GemmCfg_neon {
+  using V = NeonVec;
+  static constexpr int MR = 6;
+  static constexpr int NRV = 4;
+  static constexpr int KC = 256;
+  static constexpr int MC_MAX = 240;
+  static constexpr int NC_PANELS_MAX = 32;
+};
+#endif
+
+}  // namespace
+}  // namespace sparsekit

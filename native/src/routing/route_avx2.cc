@@ -1,0 +1,19 @@
+// Routing row kernels instantiated for the avx2 variant; this file is compiled
+// with that instruction set's flags (see native/sources.json).
+#include "route_impl.h"
+#include "sparsekit/routing.h"
+
+namespace sparsekit {
+namespace {
+struct RouteCfg_avx2 {
+  // Partial sums per reduction: one vector's worth of lanes.
+  static constexpr int LANES = 8;
+};
+using R = RouteImpl<RouteCfg_avx2>;
+const RoutingKernels kKernels = {Isa::kAvx2, "f32-route-avx2-fma", &R::forward_block, &R::score_block,
+                                 &R::loss_grad_block, &R::backward_block};
+}  // namespace
+
+const RoutingKernels* routing_kernels_avx2() { return &kKernels; }
+
+}  // namespace sparsekit
