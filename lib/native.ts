@@ -72,7 +72,10 @@ export interface PackedBsrLinear {
   readonly isa: IsaName;
   /** Name of the kernel that will run it, e.g. f32-bsr-6x16-avx2-fma. */
   readonly kernel: string;
-  /** Bytes held in native memory (values and structure). */
+  /**
+   * Bytes held in native memory (values and structure) when packed; the first
+   * bsrLinearTransposed call adds a transposed copy of the same size.
+   */
   readonly bytes: number;
 }
 
