@@ -74,6 +74,34 @@ test('linear: packed and unpacked W give the same bits; out buffer is used and m
   assert.equal(out[45], 123, 'elements past the result are left alone');
 });
 
+test('linear: a row gives the same bits alone, in a small batch (decode path) and in a large one (blocked path), every ISA', () => {
+  // Decode-sized batches (one row panel) take the streaming kernel, larger
+  // ones the KC-blocked tiles; both run one FMA chain per output in k order,
+  // so a token's output does not depend on what it is batched with.
+  const rng = new Rng(99);
+  const k = 700, n = 53, m = 37;
+  const x = { data: rng.floats(m * k), shape: [m, k] };
+  const W = { data: rng.floats(n * k, 1 / Math.sqrt(k)), shape: [n, k] };
+  const bias = rng.floats(n);
+  const best = info().isa;
+  for (const isa of info().supportedIsas) {
+    setIsa(isa);
+    try {
+      const P = prepackLinear(W);
+      const all = linear(x, P, { bias, activation: 'silu' }).data;
+      for (const rows of [1, 2, 3, 5, 6, 8]) {
+        for (const r0 of [0, 11, m - rows]) {
+          const part = { data: x.data.slice(r0 * k, (r0 + rows) * k), shape: [rows, k] };
+          const y = linear(part, P, { bias, activation: 'silu' }).data;
+          assert.deepEqual(Array.from(y), Array.from(all.slice(r0 * n, (r0 + rows) * n)), `${isa}: rows ${r0}..${r0 + rows}`);
+        }
+      }
+    } finally {
+      setIsa(best);
+    }
+  }
+});
+
 test('linear: inputs are never modified', () => {
   const rng = new Rng(8);
   const x = { data: rng.floats(3 * 20), shape: [3, 20] };

@@ -15,6 +15,7 @@ struct GemmCfg_scalar {
   static constexpr int KC = 256;
   static constexpr int MC_MAX = 96;
   static constexpr int NC_PANELS_MAX = 32;
+  static constexpr int STREAM_PF_FLOATS = 0;  // no streaming path: KC slices
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -25,6 +26,7 @@ struct GemmCfg_avx2 {
   static constexpr int KC = 256;
   static constexpr int MC_MAX = 240;
   static constexpr int NC_PANELS_MAX = 32;
+  static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
 };
 #endif
 
@@ -36,6 +38,7 @@ struct GemmCfg_avx512 {
   static constexpr int KC = 192;
   static constexpr int MC_MAX = 240;
   static constexpr int NC_PANELS_MAX = 16;
+  static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
 };
 #endif
 
@@ -47,6 +50,7 @@ struct GemmCfg_neon {
   static constexpr int KC = 256;
   static constexpr int MC_MAX = 240;
   static constexpr int NC_PANELS_MAX = 32;
+  static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
 };
 #endif
 

@@ -89,6 +89,55 @@ __attribute__((noinline)) void gemm_ukernel(int64_t kc, const float* __restrict 
     for (int j = 0; j < NRV; ++j) V::store(c + i * ldc + j * V::W, acc[i][j]);
 }
 
+// Streaming micro-kernel for a single row panel (decode-sized m ≤ MR): c[rows,
+// NRV·W] = a[k][MR_STEP] · b[k][NRV·W] over all of k in one pass. W is read
+// once, straight from memory, so the loop prefetches PF floats ahead of the
+// panel it reads (the hardware prefetcher alone leaves a few GB/s on the
+// table). Same FMA chain per element as gemm_ukernel over KC slices, so the
+// result is bitwise the same as the blocked path's.
+template <class V, int ROWS, int NRV, int MR_STEP, int PF>
+__attribute__((noinline)) void gemm_ukernel_stream(int64_t k, const float* __restrict a, const float* __restrict b,
+                                                   float* __restrict c, int64_t ldc) {
+  using T = typename V::T;
+  constexpr int NR = NRV * V::W;
+  T acc[ROWS][NRV];
+#pragma GCC unroll 16
+  for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NRV; ++j) acc[i][j] = V::zero();
+  int64_t kk = 0;
+  // 64-byte lines: NR floats per kk, so one prefetch per 16/NR steps.
+  constexpr int STEP = NR >= 16 ? 1 : 16 / NR;
+  for (; kk + STEP <= k; kk += STEP) {
+    __builtin_prefetch(b + PF, 0, 0);
+#pragma GCC unroll 4
+    for (int s = 0; s < STEP; ++s) {
+#pragma GCC unroll 8
+      for (int j = 0; j < NRV; ++j) {
+        T bv = V::load(b + j * V::W);
+#pragma GCC unroll 16
+        for (int i = 0; i < ROWS; ++i) acc[i][j] = V::fma(V::bcast(a + i), bv, acc[i][j]);
+      }
+      a += MR_STEP;
+      b += NR;
+    }
+  }
+  for (; kk < k; ++kk) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NRV; ++j) {
+      T bv = V::load(b + j * V::W);
+#pragma GCC unroll 16
+      for (int i = 0; i < ROWS; ++i) acc[i][j] = V::fma(V::bcast(a + i), bv, acc[i][j]);
+    }
+    a += MR_STEP;
+    b += NR;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NRV; ++j) V::store(c + i * ldc + j * V::W, acc[i][j]);
+}
+
 #if defined(__AVX2__)
 // d[c·ldd + r] = s[r·lds + c] for an 8×8 tile, in registers.
 SK_INLINE void sk_transpose8x8(const float* __restrict s, int64_t lds, float* __restrict d, int64_t ldd) {
@@ -172,6 +221,17 @@ struct Gemm {
   }
   static Ukernel ukernel_for_rows(int rows) {
     return table(std::make_integer_sequence<int, MR>{})[rows - 1];
+  }
+
+  using StreamKernel = void (*)(int64_t, const float*, const float*, float*, int64_t);
+  static constexpr int kStreamPf = Cfg::STREAM_PF_FLOATS;
+  template <int... Is>
+  static const StreamKernel* stream_table(std::integer_sequence<int, Is...>) {
+    static const StreamKernel t[] = {&gemm_ukernel_stream<V, Is + 1, NRV, MR, kStreamPf>...};
+    return t;
+  }
+  static StreamKernel stream_kernel_for_rows(int rows) {
+    return stream_table(std::make_integer_sequence<int, MR>{})[rows - 1];
   }
 
   static void pack_w(const float* w, int64_t n, int64_t k, int64_t p0, int64_t p1, float* out) {
@@ -258,6 +318,26 @@ struct Gemm {
   static void block(int64_t k, int64_t n, const float* xp, const float* wp, const float* bias, Activation act,
                     float* y, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     alignas(64) float tmp[MR * NR];
+    if (i1 - i0 <= MR && kStreamPf > 0) {
+      // One row panel (decode): stream each W panel once, end to end.
+      const int rows = static_cast<int>(i1 - i0);
+      StreamKernel sk = stream_kernel_for_rows(rows);
+      const float* a = xp + (i0 / MR) * k * MR;
+      for (int64_t jr = j0; jr < j1; jr += NR) {
+        int64_t cols = sk_min64(NR, n - jr);
+        float* c = y + i0 * n + jr;
+        if (cols == NR) {
+          sk(k, a, wp + (jr / NR) * k * NR, c, n);
+        } else {
+          sk(k, a, wp + (jr / NR) * k * NR, tmp, NR);
+          for (int i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j) c[i * n + j] = tmp[i * NR + j];
+        }
+        if (bias || act != Activation::kNone)
+          for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, cols, act);
+      }
+      return;
+    }
     for_each_tile(k, i0, i1, j0, j1, [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
       int rows = static_cast<int>(sk_min64(MR, i1 - ir));
       int64_t cols = sk_min64(NR, n - jr);
@@ -276,6 +356,31 @@ struct Gemm {
                           float* h, float* gate_scratch, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     alignas(64) float tmp[MR * NR];
     const int64_t ls = j1 - j0;
+    if (i1 - i0 <= MR && kStreamPf > 0) {
+      // One row panel (decode): stream each W1 and W3 panel once, end to end.
+      const int rows = static_cast<int>(i1 - i0);
+      StreamKernel sk = stream_kernel_for_rows(rows);
+      const float* a = xp + (i0 / MR) * k * MR;
+      for (int64_t jr = j0; jr < j1; jr += NR) {
+        int64_t cols = sk_min64(NR, n - jr);
+        int64_t boff = (jr / NR) * k * NR;
+        float* c1 = h + i0 * n + jr;
+        float* c3 = gate_scratch + (jr - j0);
+        if (cols == NR) {
+          sk(k, a, w1p + boff, c1, n);
+        } else {
+          sk(k, a, w1p + boff, tmp, NR);
+          for (int i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < cols; ++j) c1[i * n + j] = tmp[i * NR + j];
+        }
+        sk(k, a, w3p + boff, tmp, NR);
+        for (int i = 0; i < rows; ++i) {
+          for (int64_t j = 0; j < cols; ++j) c3[i * ls + j] = tmp[i * NR + j];
+          sk_gate_row(c1 + i * n, c3 + i * ls, cols, act);
+        }
+      }
+      return;
+    }
     for_each_tile(k, i0, i1, j0, j1, [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
       int rows = static_cast<int>(sk_min64(MR, i1 - ir));
       int64_t cols = sk_min64(NR, n - jr);
