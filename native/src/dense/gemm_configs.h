@@ -16,6 +16,7 @@ struct GemmCfg_scalar {
   static constexpr int MC_MAX = 96;
   static constexpr int NC_PANELS_MAX = 32;
   static constexpr int STREAM_PF_FLOATS = 0;  // no streaming path: KC slices
+  static constexpr bool PREFETCH_C = false;
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -27,6 +28,7 @@ struct GemmCfg_avx2 {
   static constexpr int MC_MAX = 240;
   static constexpr int NC_PANELS_MAX = 32;
   static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
+  static constexpr bool PREFETCH_C = true;  // partial sums of the next tile, ahead of its reload
 };
 #endif
 
@@ -39,6 +41,7 @@ struct GemmCfg_avx512 {
   static constexpr int MC_MAX = 240;
   static constexpr int NC_PANELS_MAX = 16;
   static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
+  static constexpr bool PREFETCH_C = true;  // partial sums of the next tile, ahead of its reload
 };
 #endif
 
@@ -51,6 +54,7 @@ struct GemmCfg_neon {
   static constexpr int MC_MAX = 240;
   static constexpr int NC_PANELS_MAX = 32;
   static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
+  static constexpr bool PREFETCH_C = true;  // partial sums of the next tile, ahead of its reload
 };
 #endif
 

@@ -211,6 +211,7 @@ struct Gemm {
   static constexpr int NR = NRV * V::W;
   static constexpr int KC = Cfg::KC;
   static constexpr int MC_MAX = Cfg::MC_MAX;  // rows of x per L2 block (multiple of MR)
+  static constexpr bool kPrefetchC = Cfg::PREFETCH_C;
 
   using Ukernel = void (*)(int64_t, const float*, const float*, float*, int64_t, bool);
 
@@ -342,6 +343,14 @@ struct Gemm {
       int rows = static_cast<int>(sk_min64(MR, i1 - ir));
       int64_t cols = sk_min64(NR, n - jr);
       float* c = y + ir * n + jr;
+      if (kPrefetchC && pc > 0 && ir + MR < i1) {
+        // The next tile down reloads its partial sums: start fetching them.
+        const float* cn = c + MR * n;
+        for (int i = 0; i < MR; ++i) {
+          __builtin_prefetch(cn + i * n, 1, 3);
+          __builtin_prefetch(cn + i * n + NR - 1, 1, 3);
+        }
+      }
       run_tile(rows, cols, kc, xp + (ir / MR) * k * MR + pc * MR, wp + (jr / NR) * k * NR + pc * NR, c, n, pc > 0, tmp);
       if (pc + kc >= k && (bias || act != Activation::kNone))
         for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, cols, act);
