@@ -115,6 +115,99 @@ SK_INLINE float sk_erfc(float z) {
   return z >= 0.f ? ans : 2.0f - ans;
 }
 
+// ---- The same math on GCC vector-extension values of kSkLanes floats, which
+// each ISA file's flags lower to its own registers (AVX2 ymm, AVX-512 zmm,
+// NEON q, SSE2 pairs in the baseline build). The scalar loops above do not
+// auto-vectorise: GCC threads the clamps into branches and will not if-convert
+// the float→int conversion without -fno-trapping-math, which left every fused
+// activation scalar (~25 cycles per value for GELU/SiLU).
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector values only pass between always-inline functions
+
+template <int L>
+struct SkVec {
+  typedef float F __attribute__((vector_size(L * 4)));
+  typedef int32_t I __attribute__((vector_size(L * 4)));
+};
+#if defined(__AVX512F__)
+constexpr int kSkLanes = 16;
+#elif defined(__AVX2__)
+constexpr int kSkLanes = 8;
+#else
+constexpr int kSkLanes = 4;
+#endif
+using SkF = SkVec<kSkLanes>::F;
+using SkI = SkVec<kSkLanes>::I;
+
+template <class F>
+SK_INLINE F sk_vsplat(float a) {
+  return F{} + a;
+}
+
+// sk_exp on every lane (same algorithm and constants).
+template <class F, class I>
+SK_INLINE F sk_vexp(F x) {
+  const F lo = sk_vsplat<F>(-87.0f), hi = sk_vsplat<F>(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  F fx = x * 1.44269504088896341f;
+  F n = (fx + 12582912.0f) - 12582912.0f;  // round to nearest
+  F r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  F p = sk_vsplat<F>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  I e = (__builtin_convertvector(n, I) + 127) << 23;
+  return p * (F)e;  // bit cast, as for any two vector types of one size
+}
+
+// sk_erfc on every lane.
+template <class F, class I>
+SK_INLINE F sk_verfc(F z) {
+  F az = z < 0.f ? -z : z;
+  F t = 1.0f / (1.0f + 0.5f * az);
+  F p = sk_vsplat<F>(0.17087277f);
+  p = p * t - 0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t - 1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t - 0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t - 1.26551223f;
+  F ans = t * sk_vexp<F, I>(-az * az + p);
+  return z >= 0.f ? ans : 2.0f - ans;
+}
+
+// y[j] = f(y[j]) for j < n, kSkLanes at a time; the tail goes through the same
+// vector code on a padded copy, so a value's result never depends on where it
+// sits in the row (or on how a kernel split the row).
+template <class Fn>
+SK_INLINE void sk_map_row(float* __restrict y, int64_t n, Fn&& f) {
+  constexpr int L = kSkLanes;
+  int64_t j = 0;
+  for (; j + L <= n; j += L) {
+    SkF v;
+    std::memcpy(&v, y + j, sizeof v);
+    v = f(v);
+    std::memcpy(y + j, &v, sizeof v);
+  }
+  if (j < n) {
+    alignas(64) float t[L];
+    for (int l = 0; l < L; ++l) t[l] = j + l < n ? y[j + l] : 0.f;
+    SkF v;
+    std::memcpy(&v, t, sizeof v);
+    v = f(v);
+    std::memcpy(t, &v, sizeof v);
+    for (int l = 0; j + l < n; ++l) y[j + l] = t[l];
+  }
+}
+
 // y[j] = act(y[j] + bias[j]) for j < n; bias may be null.
 SK_INLINE void sk_epilogue_row(float* __restrict y, const float* __restrict bias, int64_t n, Activation act) {
   if (bias) {
@@ -123,20 +216,19 @@ SK_INLINE void sk_epilogue_row(float* __restrict y, const float* __restrict bias
   switch (act) {
     case Activation::kNone: break;
     case Activation::kRelu:
-      for (int64_t j = 0; j < n; ++j) y[j] = y[j] > 0.f ? y[j] : 0.f;
+      sk_map_row(y, n, [](SkF x) { return x > 0.f ? x : SkF{}; });
       break;
     case Activation::kGelu:  // x·Φ(x) = 0.5·x·erfc(−x/√2)
-      for (int64_t j = 0; j < n; ++j) y[j] = 0.5f * y[j] * sk_erfc(-0.70710678118654752f * y[j]);
+      sk_map_row(y, n, [](SkF x) { return 0.5f * x * sk_verfc<SkF, SkI>(-0.70710678118654752f * x); });
       break;
     case Activation::kGeluTanh:  // 0.5·x·(1+tanh(u)) = x / (1 + e^(−2u)), u = √(2/π)(x + 0.044715x³)
-      for (int64_t j = 0; j < n; ++j) {
-        float x = y[j];
-        float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-        y[j] = x / (1.0f + sk_exp(-2.0f * u));
-      }
+      sk_map_row(y, n, [](SkF x) {
+        SkF u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        return x / (1.0f + sk_vexp<SkF, SkI>(-2.0f * u));
+      });
       break;
     case Activation::kSilu:
-      for (int64_t j = 0; j < n; ++j) y[j] = y[j] / (1.0f + sk_exp(-y[j]));
+      sk_map_row(y, n, [](SkF x) { return x / (1.0f + sk_vexp<SkF, SkI>(-x)); });
       break;
   }
 }

@@ -390,18 +390,29 @@ struct Gemm {
       }
       return;
     }
-    for_each_tile(k, i0, i1, j0, j1, [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
-      int rows = static_cast<int>(sk_min64(MR, i1 - ir));
-      int64_t cols = sk_min64(NR, n - jr);
-      const float* a = xp + (ir / MR) * k * MR + pc * MR;
-      int64_t boff = (jr / NR) * k * NR + pc * NR;
-      float* c1 = h + ir * n + jr;
-      float* c3 = gate_scratch + (ir - i0) * ls + (jr - j0);
-      run_tile(rows, cols, kc, a, w1p + boff, c1, n, pc > 0, tmp);
-      run_tile(rows, cols, kc, a, w3p + boff, c3, ls, pc > 0, tmp);
-      if (pc + kc >= k)
-        for (int i = 0; i < rows; ++i) sk_gate_row(c1 + i * n, c3 + i * ls, cols, act);
-    });
+    // Per KC slice and column panel: every row tile against the W1 micro-panel,
+    // then every row tile against the W3 one, so one KC·NR panel at a time sits
+    // in L1 (the two together would fill it: measured ~11% slower than two
+    // plain GEMMs when the tiles alternated between them).
+    for (int64_t pc = 0; pc < k; pc += KC) {
+      const int64_t kc = sk_min64(KC, k - pc);
+      const bool last = pc + kc >= k;
+      for (int64_t jr = j0; jr < j1; jr += NR) {
+        const int64_t cols = sk_min64(NR, n - jr);
+        const int64_t boff = (jr / NR) * k * NR + pc * NR;
+        for (int pass = 0; pass < 2; ++pass)
+          for (int64_t ir = i0; ir < i1; ir += MR) {
+            int rows = static_cast<int>(sk_min64(MR, i1 - ir));
+            const float* a = xp + (ir / MR) * k * MR + pc * MR;
+            if (pass == 0)
+              run_tile(rows, cols, kc, a, w1p + boff, h + ir * n + jr, n, pc > 0, tmp);
+            else
+              run_tile(rows, cols, kc, a, w3p + boff, gate_scratch + (ir - i0) * ls + (jr - j0), ls, pc > 0, tmp);
+          }
+        if (last)
+          for (int64_t r = i0; r < i1; ++r) sk_gate_row(h + r * n + jr, gate_scratch + (r - i0) * ls + (jr - j0), cols, act);
+      }
+    }
   }
 
   // Packs rows [r0, r0 + rows) of x into consecutive MR-row panels at out.

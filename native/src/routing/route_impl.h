@@ -29,16 +29,11 @@
 #include "route_job.h"
 #include "sparsekit/memory.h"
 
-// Vector-extension values are only passed between always-inline functions.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace sparsekit {
 namespace {  // internal linkage: see simd.h
 
 template <int W>
-struct RkVec {
-  typedef float F __attribute__((vector_size(W * 4)));
-  typedef int32_t I __attribute__((vector_size(W * 4)));
+struct RkVec : SkVec<W> {
   typedef double D __attribute__((vector_size(W * 8)));
 };
 
@@ -93,25 +88,8 @@ struct RouteImpl {
   }
 
   // sk_exp's algorithm (Cephes-style range reduction and degree-6 polynomial,
-  // relative error ~2e-7, clamped to [−87, 88]) on LANES values.
-  static SK_INLINE F vexp(F x) {
-    const F lo = vsplat(-87.0f), hi = vsplat(88.0f);
-    x = x < lo ? lo : x;
-    x = x > hi ? hi : x;
-    F fx = x * 1.44269504088896341f;
-    F n = (fx + 12582912.0f) - 12582912.0f;  // round to nearest
-    F r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    F p = vsplat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    I e = (__builtin_convertvector(n, I) + 127) << 23;
-    return p * (F)e;  // bit cast, as for any two vector types of one size
-  }
+  // relative error ~2e-7, clamped to [−87, 88]) on LANES values (simd.h).
+  static SK_INLINE F vexp(F x) { return sk_vexp<F, I>(x); }
   static SK_INLINE F vsigmoid(F x) { return 1.0f / (1.0f + vexp(-x)); }
   static SK_INLINE float exp1(float x) { return vexp(vsplat(x))[0]; }
   static SK_INLINE float sigmoid1(float x) { return vsigmoid(vsplat(x))[0]; }
