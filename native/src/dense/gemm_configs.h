@@ -17,6 +17,8 @@ struct GemmCfg_scalar {
   static constexpr int NC_PANELS_MAX = 32;
   static constexpr int STREAM_PF_FLOATS = 0;  // no streaming path: KC slices
   static constexpr bool PREFETCH_C = false;
+  static constexpr int PANEL_MAJOR_ROWS = 0;  // see for_each_tile
+  static constexpr int64_t PANEL_MAJOR_X_FLOATS = 0;
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -29,6 +31,8 @@ struct GemmCfg_avx2 {
   static constexpr int NC_PANELS_MAX = 32;
   static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
   static constexpr bool PREFETCH_C = true;  // partial sums of the next tile, ahead of its reload
+  static constexpr int PANEL_MAJOR_ROWS = 24;  // small batches walk W panel by panel (for_each_tile)
+  static constexpr int64_t PANEL_MAJOR_X_FLOATS = 80 * 1024;  // when their x block fits L2
 };
 #endif
 
@@ -42,6 +46,8 @@ struct GemmCfg_avx512 {
   static constexpr int NC_PANELS_MAX = 16;
   static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
   static constexpr bool PREFETCH_C = true;  // partial sums of the next tile, ahead of its reload
+  static constexpr int PANEL_MAJOR_ROWS = 24;  // small batches walk W panel by panel (for_each_tile)
+  static constexpr int64_t PANEL_MAJOR_X_FLOATS = 80 * 1024;  // when their x block fits L2
 };
 #endif
 
@@ -55,6 +61,8 @@ struct GemmCfg_neon {
   static constexpr int NC_PANELS_MAX = 32;
   static constexpr int STREAM_PF_FLOATS = 2048;  // W floats prefetched ahead in the decode path
   static constexpr bool PREFETCH_C = true;  // partial sums of the next tile, ahead of its reload
+  static constexpr int PANEL_MAJOR_ROWS = 24;  // small batches walk W panel by panel (for_each_tile)
+  static constexpr int64_t PANEL_MAJOR_X_FLOATS = 80 * 1024;  // when their x block fits L2
 };
 #endif
 

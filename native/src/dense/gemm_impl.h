@@ -305,6 +305,16 @@ struct Gemm {
       // One row panel: stream each W panel through once, end to end.
       for (int64_t jr = j0; jr < j1; jr += NR)
         for (int64_t pc = 0; pc < k; pc += KC) tile(i0, jr, pc, sk_min64(KC, k - pc));
+    } else if (i1 - i0 <= Cfg::PANEL_MAJOR_ROWS && (i1 - i0) * k <= Cfg::PANEL_MAJOR_X_FLOATS) {
+      // A few row panels (small batches) whose whole x block fits L2: walk
+      // each W panel end to end (one contiguous stream the hardware
+      // prefetcher follows) instead of jumping k·NR floats between panels
+      // at every KC slice.
+      for (int64_t jr = j0; jr < j1; jr += NR)
+        for (int64_t pc = 0; pc < k; pc += KC) {
+          int64_t kc = sk_min64(KC, k - pc);
+          for (int64_t ir = i0; ir < i1; ir += MR) tile(ir, jr, pc, kc);
+        }
     } else {
       for (int64_t pc = 0; pc < k; pc += KC) {
         int64_t kc = sk_min64(KC, k - pc);
