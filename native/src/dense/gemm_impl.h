@@ -8,6 +8,10 @@
 // floats per k. x is packed per call into panels of MR rows the same way.
 // Blocking (BLIS-style): KC-deep slices keep one W micro-panel (KC·NR floats)
 // in L1 while it meets every x micro-panel of an MC-row block held in L2.
+// Small batches change only the walk: one row panel (decode) streams each W
+// panel end to end through gemm_ukernel_stream with software prefetch; up to
+// PANEL_MAJOR_ROWS rows whose x block fits L2 walk W panel by panel, KC slice
+// by KC slice, so W is one contiguous stream.
 //
 // Every y element is one chain of FMAs over k = 0..K-1 in order, whatever the
 // blocking or the thread that computes it, so results are bitwise identical for
