@@ -45,7 +45,12 @@
  * large cases stop at the harness's 3-round minimum, so quick mode saves
  * little there.
  *
- * Env: BENCH_EXPERTS_SHAPES=mixtral,fine and BENCH_TOKENS=1,32 narrow the run;
+ * Sparse experts (Mixtral shape, T = 512; issue 6): the same weights pruned
+ * to 32×32 blocks at 25 % density and to 2:4, run by `sparseExpertsForward`,
+ * against dense `expertsForward`; speed ratio = dense time ÷ sparse time.
+ *
+ * Env: BENCH_EXPERTS_SHAPES=mixtral,fine and BENCH_TOKENS=1,32 narrow the run
+ * (BENCH_SPARSE_TOKENS picks among the sparse cases' token counts);
  * BENCH_THREADS=1,2 replaces the default thread plan (2 threads everywhere, and
  * also 1 thread at Mixtral T = 512); BENCH_ORT_SPIN=1 lets ORT's
  * idle workers spin (off by default: see ortSpin in bench/onnx.ts).
@@ -63,6 +68,8 @@ import {
   randomTensor,
   route,
   routingPresets,
+  SparseExperts,
+  sparseExpertsForward,
   type Float32Tensor,
   type PackedExperts,
   type PackedLinear,
@@ -109,6 +116,8 @@ const SHAPES: Shape[] = [
   },
 ];
 const TOKENS = [1, 32, 512, 2048];
+/** Token counts of the sparse-experts cases (Mixtral shape): issue 6 asks for T = 512. */
+const SPARSE_TOKENS = [512];
 const MEM_GBPS = Number(process.env.BENCH_MEM_GBPS ?? 30);
 const TOLERANCE = 1e-4;
 
@@ -239,6 +248,8 @@ async function runShape(
   let down: PackedExperts;
   const naive: NaiveExpert[] = [];
   const sessions = new Map<number, ort.InferenceSession>();
+  const sparseTokens = filterByEnv('BENCH_SPARSE_TOKENS', SPARSE_TOKENS, String);
+  let sparse: { bsr: { gateUp: SparseExperts; down: SparseExperts }; nm: { gateUp: SparseExperts; down: SparseExperts } } | null = null;
   {
     const gate = randomTensor([E, ffn, d], 11, 1 / Math.sqrt(d));
     const up = randomTensor([E, ffn, d], 12, 1 / Math.sqrt(d));
@@ -252,6 +263,26 @@ async function runShape(
         up: prepackLinear({ data: up.data.subarray(e * per, (e + 1) * per), shape: [ffn, d] }),
         down: prepackLinear({ data: dn.data.subarray(e * per, (e + 1) * per), shape: [d, ffn] }),
       });
+    }
+    if (shape.key === 'mixtral' && sparseTokens.length > 0) {
+      // Sparse experts pruned from the same weights: gate and up stacked per
+      // expert ([E, 2·ffn, d], gate rows first) as SparseExperts takes them.
+      const gu = new Float32Array(E * 2 * per);
+      for (let e = 0; e < E; e++) {
+        gu.set(gate.data.subarray(e * per, (e + 1) * per), e * 2 * per);
+        gu.set(up.data.subarray(e * per, (e + 1) * per), e * 2 * per + per);
+      }
+      const guT = { data: gu, shape: [E, 2 * ffn, d] };
+      sparse = {
+        bsr: {
+          gateUp: SparseExperts.prune(guT, { format: 'bsr', blockSize: 32, density: 0.25 }),
+          down: SparseExperts.prune(dn, { format: 'bsr', blockSize: 32, density: 0.25 }),
+        },
+        nm: {
+          gateUp: SparseExperts.prune(guT, { format: 'nm', n: 2, m: 4 }),
+          down: SparseExperts.prune(dn, { format: 'nm', n: 2, m: 4 }),
+        },
+      };
     }
     if (shape.ort) {
       const bytes = moeModel({ hidden: d, inter: ffn, experts: E, k, gate: gate.data, up: up.data, down: dn.data });
@@ -344,6 +375,40 @@ async function runShape(
         // calls of a second or more: one warmup call is enough (weights are packed ahead), and it saves ~25 % of the case
         if (flops >= 2e10) spec.timing = { warmupCalls: 1 };
         results.push(await h.case(spec));
+      }
+    }
+    if (sparse) {
+      for (const T of sparseTokens) {
+        const x = randomTensor([T, d], 100 + T);
+        const plan = route(randomTensor([T, E], 200 + T), shape.routing);
+        const ours = new Float32Array(T * d);
+        const sp = sparse;
+        const bsr = () => sparseExpertsForward(x, plan, sp.bsr.gateUp, sp.bsr.down, { activation: 'silu' });
+        const nm = () => sparseExpertsForward(x, plan, sp.nm.gateUp, sp.nm.down, { activation: 'silu' });
+        const r = await h.case({
+          name: `${key} sparse experts T=${T}`,
+          params: { shape: key, tokens: T, d, ffn, experts: E, k, sparse: true },
+          threads: 2,
+          flops: 2 * T * k * 3 * d * ffn,
+          contenders: [
+            { name: 'dense experts', fn: () => expertsForward(x, plan, gateUp, down, { out: ours }) },
+            { name: 'bsr 32×32 25%', fn: bsr },
+            { name: '2:4', fn: nm },
+          ],
+          ratios: [
+            { of: 'bsr 32×32 25%', vs: 'dense experts' },
+            { of: '2:4', vs: 'dense experts' },
+          ],
+          notes: [],
+          timing: { warmupCalls: 1 },
+        });
+        const sp25 = r.ratios.find((q) => q.of === 'bsr 32×32 25%')!.speedup;
+        const sp24 = r.ratios.find((q) => q.of === '2:4')!.speedup;
+        h.note(
+          `${key} sparse experts T=${T} (2 threads; GFLOP/s counts the dense FLOPs): bsr 32×32 25% ${sp25.toFixed(2)}× dense experts` +
+            `${T === 512 ? (sp25 >= 2.5 ? ' ✓≥2.5' : ' ✗<2.5') : ''}, 2:4 ${sp24.toFixed(2)}×${T === 512 ? (sp24 >= 1.3 ? ' ✓≥1.3' : ' ✗<1.3') : ''} ` +
+            `(sparseExpertsForward: per-expert bsrLinear / nmLinear calls; gate/up stacked per expert and pruned together, down pruned alone).`,
+        );
       }
     }
   } finally {
