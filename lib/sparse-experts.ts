@@ -98,12 +98,18 @@ export function sparseExpertsForward(
   if (rows === 0) return { data: new Float32Array(T * d), shape: [T, d] };
   const xs = permute(x, plan);
   const ys = new Float32Array(rows * d);
+  // Scratch for the largest expert's gate/up product and its GLU, reused by every expert.
+  const f = down.inFeatures;
+  let most = 0;
+  for (let e = 0; e < E; e++) most = Math.max(most, plan.expertOffsets[e + 1] - plan.expertOffsets[e]);
+  const guBuf = new Float32Array(most * 2 * f);
+  const hBuf = new Float32Array(most * f);
   for (let e = 0; e < E; e++) {
     const r0 = plan.expertOffsets[e];
     const r1 = plan.expertOffsets[e + 1];
     if (r1 === r0) continue;
     const xe = { data: xs.data.subarray(r0 * d, r1 * d), shape: [r1 - r0, d] };
-    const h = glu(gateUp.linear(e, xe), { activation: options.activation ?? 'silu' });
+    const h = glu(gateUp.linear(e, xe, { out: guBuf }), { activation: options.activation ?? 'silu', out: hBuf });
     down.linear(e, h, { out: ys.subarray(r0 * d, r1 * d) });
   }
   return combine({ data: ys, shape: [rows, d] }, plan);
