@@ -14,14 +14,16 @@
 //
 // * Row-streaming (decode: m ≤ 4 for groups that span 2 windows of 8
 //   columns per chunk — 1:2, 2:4, 4:8 —, m ≤ 2 for 4 windows — 1:4, 2:8 —,
-//   m = 1 for 1:8 and untuned patterns up to m = 2): memory-bound, so it reads
-//   W once, in order, prefetching ahead, and spends little per value. A chunk
-//   of 8 kept values has its 8 indices in one small word; they are decoded in a
-//   vector register (shift, mask, add the group offsets) and the 8 matching x
-//   values are gathered from the few 8-column windows of x the chunk spans
-//   (AVX2: one vpermps per window and fixed blends; hardware gather when each
-//   value has its own window, 1:8), then one FMA with the 8 values. Sums stay
-//   in lanes and are reduced once per row.
+//   m = 1 for 1:8; untuned patterns up to m = 2): memory-bound, so it reads W
+//   once, in order, prefetching ahead, and spends little per value. It takes
+//   the rows of a packed panel together (4 rows up to 2 tokens, 2 rows
+//   beyond), so the panel streams once and the rows share each chunk's x
+//   windows. A chunk of 8 kept values has its 8 indices in one small word;
+//   they are decoded in a vector register (shift, mask, add the group
+//   offsets) and the 8 matching x values are gathered from the few 8-column
+//   windows of x the chunk spans (AVX2: one vpermps per window and fixed
+//   blends; hardware gather when each value has its own window, 1:8), then
+//   one FMA with the 8 values. Sums stay in lanes and are reduced once per row.
 //
 // * Gather-FMA tiles (more tokens, prefill/training): x is packed per call
 //   into token tiles transposed to [cols][T] (T = TV vectors of tokens), so
@@ -75,30 +77,31 @@ struct TunedPattern {
   static constexpr int kN = N, kM = M;
   static constexpr int B = nm_bits_of(M);
   static constexpr int CC = 8 / N * M;  // columns one chunk spans
+  static constexpr int PR = kNmPanelRows;
   static_assert(8 % N == 0 && (M == 2 || M == 4 || M == 8), "tuned patterns need N | 8 and M in {2, 4, 8}");
+  // A row inside its panel: chunk c of the row is 8 values at v + c·PR·8 and
+  // B index bytes at meta + c·PR·B (the panel's rows interleave chunk by chunk).
   struct Row {
     const float* v;
     const uint8_t* meta;
   };
   static SK_INLINE Row row(const PackedNm& w, int64_t r) {
-    return {w.values.data() + r * w.vstride, w.meta.data() + r * w.mstride};
+    return {w.values.data() + (r / PR) * w.vstride + (r % PR) * 8, w.meta.data() + (r / PR) * w.mstride + (r % PR) * B};
   }
-  static SK_INLINE const uint8_t* meta_ptr(const Row& r) { return r.meta; }
-  // The chunk's B bytes (and up to 3 more, inside the padded row) in one load.
+  static SK_INLINE const float* chunk_values(const Row& r, int64_t c) { return r.v + c * (PR * 8); }
+  static SK_INLINE const float* value(const Row& r, int64_t j) { return r.v + (j >> 3) * (PR * 8) + (j & 7); }
+  static SK_INLINE const uint8_t* chunk_meta(const Row& r, int64_t c) { return r.meta + c * (PR * B); }
+  // The chunk's B bytes (and up to 3 more, inside the padded panel) in one load.
   static SK_INLINE uint32_t word(const Row& r, int64_t c) {
     uint32_t x;
-    std::memcpy(&x, r.meta + c * B, 4);
+    std::memcpy(&x, chunk_meta(r, c), 4);
     return x;
   }
   static SK_INLINE int64_t col(const Row&, int64_t c, uint32_t word, int l) {
     return c * CC + (l / N) * M + ((word >> (l * B)) & (M - 1));
   }
-  // Any value (the tail past the last full chunk): 16-bit read, inside the padding.
-  static SK_INLINE int64_t col_of(const Row& r, int64_t j) {
-    int64_t p = j * B;
-    uint32_t x = uint32_t(r.meta[p >> 3]) | (uint32_t(r.meta[(p >> 3) + 1]) << 8);
-    return (j / N) * M + ((x >> (p & 7)) & (M - 1));
-  }
+  // Any value, e.g. the tail past the last full chunk (its chunk is stored whole).
+  static SK_INLINE int64_t col_of(const Row& r, int64_t j) { return col(r, j >> 3, word(r, j >> 3), int(j & 7)); }
   // Columns a chunk spans: for blocking heuristics.
   static int64_t chunk_cols(const NmShape&) { return CC; }
 };
@@ -113,6 +116,8 @@ struct GenericPattern {
   static SK_INLINE Row row(const PackedNm& w, int64_t r) {
     return {w.values.data() + r * w.vstride, w.cols.data() + r * w.vstride};
   }
+  static SK_INLINE const float* chunk_values(const Row& r, int64_t c) { return r.v + c * 8; }
+  static SK_INLINE const float* value(const Row& r, int64_t j) { return r.v + j; }
   static SK_INLINE uint32_t word(const Row&, int64_t) { return 0; }
   static SK_INLINE int64_t col(const Row& r, int64_t c, uint32_t, int l) { return r.cols[c * 8 + l]; }
   static SK_INLINE int64_t col_of(const Row& r, int64_t j) { return r.cols[j]; }
@@ -135,17 +140,21 @@ SK_INLINE void nm_for_values(const typename P::Row& row, int64_t j0, int64_t j1,
 
 // ---- kernel A: row-streaming dot products for m ≤ 2 ---------------------------
 
-// Portable: 8 lane sums per token, kept in an array the compiler can vectorise.
+// Portable: 8 lane sums per token, kept in an array the compiler can
+// vectorise; RG rows one after the other.
 template <class V>
 struct NmSmall {
-  static constexpr bool kHasFastGather = false;
+  template <class P, int RG, int TOK>
+  static void dot(const typename P::Row* rows, int64_t kept, const float* x, int64_t ldx, float* out) {
+    for (int r = 0; r < RG; ++r) dot1<P, TOK>(rows[r], kept, x, ldx, out + r * TOK);
+  }
   template <class P, int TOK>
-  static void dot(const typename P::Row& row, int64_t kept, const float* x, int64_t ldx, float* out) {
+  static void dot1(const typename P::Row& row, int64_t kept, const float* x, int64_t ldx, float* out) {
     float acc[TOK][8] = {};
     const int64_t chunks = kept / 8;
     for (int64_t c = 0; c < chunks; ++c) {
       uint32_t w = P::word(row, c);
-      const float* v = row.v + c * 8;
+      const float* v = P::chunk_values(row, c);
       for (int l = 0; l < 8; ++l) {
         int64_t col = P::col(row, c, w, l);
         for (int t = 0; t < TOK; ++t) acc[t][l] += v[l] * x[t * ldx + col];
@@ -153,7 +162,7 @@ struct NmSmall {
     }
     for (int t = 0; t < TOK; ++t) {
       float s = ((acc[t][0] + acc[t][1]) + (acc[t][2] + acc[t][3])) + ((acc[t][4] + acc[t][5]) + (acc[t][6] + acc[t][7]));
-      for (int64_t j = chunks * 8; j < kept; ++j) s += row.v[j] * x[t * ldx + P::col_of(row, j)];
+      for (int64_t j = chunks * 8; j < kept; ++j) s += *P::value(row, j) * x[t * ldx + P::col_of(row, j)];
       out[t] = s;
     }
   }
@@ -162,10 +171,12 @@ struct NmSmall {
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 (also used by the AVX-512 build: 8 values per chunk fit a ymm).
 struct NmSmallYmm {
-  template <class P, int TOK>
-  static void dot(const typename P::Row& row, int64_t kept, const float* x, int64_t ldx, float* out) {
+  // RG rows of one panel together: they stream W once, in order, and share
+  // the x windows of each chunk.
+  template <class P, int RG, int TOK>
+  static void dot(const typename P::Row* rows, int64_t kept, const float* x, int64_t ldx, float* out) {
     if constexpr (!P::kTuned) {
-      NmSmall<ScalarVec>::template dot<P, TOK>(row, kept, x, ldx, out);
+      NmSmall<ScalarVec>::template dot<P, RG, TOK>(rows, kept, x, ldx, out);
     } else {
       constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC, WIN = CC / 8;
       const __m256i shifts = _mm256_setr_epi32(0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B);
@@ -190,35 +201,36 @@ struct NmSmallYmm {
           return _mm256_i32gather_ps(xc, idx, 4);  // one window per lane: a real gather is cheaper
         }
       };
-      __m256 acc0[TOK], acc1[TOK];
-      for (int t = 0; t < TOK; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+      __m256 acc[RG][TOK];
+      for (int r = 0; r < RG; ++r)
+        for (int t = 0; t < TOK; ++t) acc[r][t] = _mm256_setzero_ps();
       const int64_t chunks = kept / 8;
-      auto step = [&](int64_t c, __m256* acc) {
-        __m256i idx = _mm256_add_epi32(
-            _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(P::word(row, c))), shifts), lowmask), base);
-        __m256 v = _mm256_loadu_ps(row.v + c * 8);
-        for (int t = 0; t < TOK; ++t) acc[t] = _mm256_fmadd_ps(v, gather(x + t * ldx + c * CC, idx), acc[t]);
-      };
-      int64_t c = 0;
-      // W streams from memory once: prefetch ~3 KB ahead in both streams; the
-      // hardware prefetcher alone leaves this loop short of the bandwidth the
-      // dense kernel reaches (measured: 1.2× → 1.6-1.7× over dense, 2:4, 1 token).
-      constexpr int64_t kAhead = 768;
-      // Two accumulator sets: FMA latency, not the loads, would bound one chain.
-      for (; c + 2 <= chunks; c += 2) {
-        __builtin_prefetch(row.v + c * 8 + kAhead);
-        if ((c & 7) == 0) __builtin_prefetch(P::meta_ptr(row) + c * P::B + kAhead * P::B / 8);
-        step(c, acc0);
-        step(c + 1, acc1);
+      // W streams from memory once: prefetch ~3 KB of the panel ahead; the
+      // hardware prefetcher alone leaves this loop well short of the
+      // bandwidth the dense kernel reaches.
+      constexpr int64_t kAheadChunks = 24;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const char* ahead = reinterpret_cast<const char*>(P::chunk_values(rows[0], c + kAheadChunks));
+        __builtin_prefetch(ahead);
+        __builtin_prefetch(ahead + 64);
+        if ((c & 7) == 0) __builtin_prefetch(P::chunk_meta(rows[0], c + kAheadChunks));
+#pragma GCC unroll 4
+        for (int r = 0; r < RG; ++r) {
+          __m256i idx = _mm256_add_epi32(
+              _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(P::word(rows[r], c))), shifts), lowmask), base);
+          __m256 v = _mm256_loadu_ps(P::chunk_values(rows[r], c));
+#pragma GCC unroll 4
+          for (int t = 0; t < TOK; ++t) acc[r][t] = _mm256_fmadd_ps(v, gather(x + t * ldx + c * CC, idx), acc[r][t]);
+        }
       }
-      if (c < chunks) step(c, acc0);
-      for (int t = 0; t < TOK; ++t) {
-        alignas(32) float l[8];
-        _mm256_store_ps(l, _mm256_add_ps(acc0[t], acc1[t]));
-        float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-        for (int64_t j = chunks * 8; j < kept; ++j) s += row.v[j] * x[t * ldx + P::col_of(row, j)];
-        out[t] = s;
-      }
+      for (int r = 0; r < RG; ++r)
+        for (int t = 0; t < TOK; ++t) {
+          alignas(32) float l[8];
+          _mm256_store_ps(l, acc[r][t]);
+          float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+          for (int64_t j = chunks * 8; j < kept; ++j) s += *P::value(rows[r], j) * x[t * ldx + P::col_of(rows[r], j)];
+          out[r * TOK + t] = s;
+        }
     }
   }
 };
@@ -259,7 +271,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const float* xr = xp + P::col(rows[r], c, word[r], l) * TT;
-        T b = V::bcast(rows[r].v + c * 8 + l);
+        T b = V::bcast(P::chunk_values(rows[r], c) + l);
 #pragma GCC unroll 16
         for (int v = 0; v < TV; ++v) acc[l % S][r][v] = V::fma(b, V::load(xr + v * W), acc[l % S][r][v]);
       }
@@ -269,7 +281,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float* xr = xp + P::col_of(rows[r], j) * TT;
-      T b = V::bcast(rows[r].v + j);
+      T b = V::bcast(P::value(rows[r], j));
 #pragma GCC unroll 16
       for (int v = 0; v < TV; ++v) acc[0][r][v] = V::fma(b, V::load(xr + v * W), acc[0][r][v]);
     }
@@ -309,13 +321,19 @@ struct NmDriver {
 
   template <class P, int TOK>
   static void run_small(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
+    // Rows in groups inside a panel (64 is a multiple of the panel height).
+    constexpr int RG = TOK <= 2 ? kNmPanelRows : kNmPanelRows / 2;
     const int64_t rows = w.shape.rows, K = w.shape.cols, rb = 64;
     ThreadPool::instance().parallel_for(nm_cdiv(rows, rb), [&](int64_t task, int) {
       int64_t r0 = task * rb, r1 = nm_min(rows, r0 + rb);
-      for (int64_t r = r0; r < r1; ++r) {
-        float s[TOK];
-        NmSmall<V>::template dot<P, TOK>(P::row(w, r), w.kept, x, K, s);
-        for (int t = 0; t < TOK; ++t) y[t * rows + r] = s[t];
+      for (int64_t r = r0; r < r1; r += RG) {
+        typename P::Row rr[RG];
+        // A partial group repeats its last row; the extra results are dropped.
+        for (int i = 0; i < RG; ++i) rr[i] = P::row(w, nm_min(r + i, r1 - 1));
+        float s[RG * TOK];
+        NmSmall<V>::template dot<P, RG, TOK>(rr, w.kept, x, K, s);
+        for (int i = 0; i < RG && r + i < r1; ++i)
+          for (int t = 0; t < TOK; ++t) y[t * rows + r + i] = s[i * TOK + t];
       }
       for (int t = 0; t < TOK; ++t) sk_epilogue_row(y + t * rows + r0, bias ? bias + r0 : nullptr, r1 - r0, act);
     });
@@ -341,16 +359,27 @@ struct NmDriver {
     }
   };
 
-  // Values [8·c0, j1) and their index data of rows [r0, r1), into cache.
+  // Values [8·c0, j1) and their index data of rows [r0, r1), into L2. For
+  // tuned patterns a panel's rows interleave, so this is one contiguous run
+  // per panel.
   template <class P>
   static SK_INLINE void prefetch_rows(const PackedNm& w, int64_t r0, int64_t r1, int64_t c0, int64_t j1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const char* v = reinterpret_cast<const char*>(w.values.data() + r * w.vstride);
-      for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(v + b, 0, 2);
-      if constexpr (P::kTuned) {
-        const char* mt = reinterpret_cast<const char*>(w.meta.data() + r * w.mstride);
-        for (int64_t b = (c0 * P::B) & ~int64_t(63); b < (j1 * P::B + 7) / 8; b += 64) __builtin_prefetch(mt + b, 0, 2);
-      } else {
+    if (r0 >= r1) return;
+    if constexpr (P::kTuned) {
+      const int64_t c1 = nm_cdiv(j1, 8);
+      for (int64_t pr = r0 / P::PR; pr <= (r1 - 1) / P::PR; ++pr) {
+        typename P::Row row = P::row(w, pr * P::PR);
+        const char* v0 = reinterpret_cast<const char*>(P::chunk_values(row, c0));
+        const char* v1 = reinterpret_cast<const char*>(P::chunk_values(row, c1));
+        for (const char* b = v0; b < v1; b += 64) __builtin_prefetch(b, 0, 2);
+        const char* m0 = reinterpret_cast<const char*>(P::chunk_meta(row, c0));
+        const char* m1 = reinterpret_cast<const char*>(P::chunk_meta(row, c1));
+        for (const char* b = m0; b < m1; b += 64) __builtin_prefetch(b, 0, 2);
+      }
+    } else {
+      for (int64_t r = r0; r < r1; ++r) {
+        const char* v = reinterpret_cast<const char*>(w.values.data() + r * w.vstride);
+        for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(v + b, 0, 2);
         const char* cl = reinterpret_cast<const char*>(w.cols.data() + r * w.vstride);
         for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(cl + b, 0, 2);
       }
@@ -513,7 +542,7 @@ struct NmDriver {
         for (int v = 0; v < TV; ++v) d[v] = V::load(dt + o * TT + v * W);
         typename P::Row row = P::row(w, o);
         nm_for_values<P>(row, g0 * n, g1 * n, [&](int64_t j, int64_t col) {
-          T bv = V::bcast(row.v + j);
+          T bv = V::bcast(P::value(row, j));
           float* s = sc + (col - cb) * TT;
 #pragma GCC unroll 16
           for (int v = 0; v < TV; ++v) V::store(s + v * W, V::fma(bv, d[v], V::load(s + v * W)));
