@@ -15,7 +15,7 @@
  * amortised as in a model's forward pass; reported times are per op (median
  * over samples). Outputs are disposed right after enqueueing (stream-ordered).
  * Inputs are generated on the device (cuda.random) except the sparse
- * structures, built on the host. The PyTorch numbers come from
+ * weights (BlockSparseMatrix.random, NMSparseMatrix.random), made on the host. The PyTorch numbers come from
  * bench/torch_ref.py (BENCH_TORCH_JSON), measured with CUDA events on the
  * same machine; bench/gpu-check.sh runs both.
  *
@@ -23,7 +23,7 @@
  */
 import { readFileSync, existsSync } from 'node:fs';
 import { defineSuite, type CaseSpec, type ContenderResult, type SuiteContext } from './harness';
-import { cuda, info, type DeviceTensor } from '../lib/index';
+import { BlockSparseMatrix, cuda, info, NMSparseMatrix, type DeviceTensor } from '../lib/index';
 
 interface TorchRef {
   ms: number;
@@ -49,51 +49,6 @@ function batched(name: string, batch: number, op: () => { dispose(): void }): { 
 
 function perOp(batch: number) {
   return (r: ContenderResult) => ({ 'µs per op': (r.median * 1000) / batch });
-}
-
-/** A random N:M-structured dense matrix (n nonzeros per group of m), on the host. */
-function nmDense(rows: number, cols: number, n: number, m: number, seed: number): Float32Array {
-  const w = new Float32Array(rows * cols);
-  let s = seed >>> 0 || 1;
-  const rnd = () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 4294967296;
-  };
-  for (let g = 0; g < (rows * cols) / m; g++) {
-    const pos = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15].slice(0, m);
-    for (let i = 0; i < n; i++) {
-      const j = i + Math.floor(rnd() * (m - i));
-      [pos[i], pos[j]] = [pos[j], pos[i]];
-      w[g * m + pos[i]] = (rnd() * 2 - 1) * 0.05;
-    }
-  }
-  return w;
-}
-
-/** Block-sparse [rows, cols] with block b and the given density (random pattern, same count per block row). */
-function bsrHost(rows: number, cols: number, b: number, density: number, seed: number) {
-  const nbr = rows / b, nbc = cols / b;
-  const per = Math.max(1, Math.round(nbc * density));
-  const rowPtr = new Int32Array(nbr + 1);
-  const colIdx: number[] = [];
-  let s = seed;
-  for (let r = 0; r < nbr; r++) {
-    const cols2 = [...Array(nbc).keys()];
-    for (let i = 0; i < per; i++) {
-      s = (s * 1103515245 + 12345) >>> 0;
-      const j = i + (s % (nbc - i));
-      [cols2[i], cols2[j]] = [cols2[j], cols2[i]];
-    }
-    colIdx.push(...cols2.slice(0, per).sort((a, c) => a - c));
-    rowPtr[r + 1] = colIdx.length;
-  }
-  const values = new Float32Array(colIdx.length * b * b);
-  for (let i = 0; i < values.length; i++) values[i] = ((i * 2654435761) % 1000) / 1000 - 0.5;
-  return { shape: [rows, cols] as [number, number], blockSize: b, rowPtr, colIdx: Int32Array.from(colIdx), values };
 }
 
 /**
@@ -167,7 +122,7 @@ async function run(ctx: SuiteContext): Promise<void> {
       const x = keep(cuda.random([m, cols], { dtype: 'bf16', seed: 3 }));
       const Wd = keep(cuda.random([rows, cols], { dtype: 'bf16', seed: 4, scale: 1 / 64 }));
       for (const density of [0.5, 0.25, 0.1]) {
-        const Wb = cuda.toDeviceBsr(bsrHost(rows, cols, b, density, 5), { dtype: 'bf16' });
+        const Wb = cuda.toDeviceBsr(BlockSparseMatrix.random({ shape: [rows, cols], blockSize: [b, b], density, seed: 5, scale: 0.05 }), { dtype: 'bf16' });
         try {
           const r = await ctx.case({
             name: `bsrLinear ${m}x${cols}x${rows} block ${b} density ${density * 100}%`,
@@ -189,7 +144,7 @@ async function run(ctx: SuiteContext): Promise<void> {
       const [m, rows, cols] = [m1 === 16 ? 16 : dim(m1), dim(rows1), dim(cols1)];
       const x = keep(cuda.random([m, cols], { dtype: 'bf16', seed: 6 }));
       const Wd = keep(cuda.random([rows, cols], { dtype: 'bf16', seed: 7, scale: 1 / 64 }));
-      const W24 = cuda.toDeviceNM({ data: nmDense(rows, cols, 2, 4, 8), shape: [rows, cols] }, { n: 2, m: 4, dtype: 'bf16' });
+      const W24 = cuda.toDeviceNM(NMSparseMatrix.random(rows, cols, { n: 2, m: 4 }, { seed: 8, scale: 0.05 }), { dtype: 'bf16' });
       try {
         const r = await ctx.case({
           name: `nmLinear 2:4 ${m}x${cols}x${rows}`,

@@ -40,6 +40,7 @@ summary() {
   printf '\ntotal %ds; logs in %s\n' $(($(date +%s) - t0)) "$out"
 }
 trap summary EXIT
+failed() { printf '%s\n' "${status[@]}" | grep -q FAILED; }
 
 step "machine"
 nvidia-smi -L || true
@@ -82,6 +83,11 @@ else
 fi
 [[ -f build-cuda/ptxas.log ]] && cp build-cuda/ptxas.log "$out/ptxas.log"
 export SPARSEKIT_CUDA_PLUGIN=$plugin
+if command -v nvidia-smi >/dev/null 2>&1 && ! grep -q '): available:' "$out/build.log"; then
+  # A GPU machine where the backend is not available: every CUDA test would only skip.
+  record "CUDA backend available" "FAILED: $(grep -o 'the addon loads it.*' "$out/build.log" || echo 'no load report')"
+  exit 1
+fi
 
 step "tensor-core instructions in the machine code"
 if command -v cuobjdump >/dev/null 2>&1; then
@@ -139,3 +145,4 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   record "GPU benchmarks" "$([[ $rc == 0 ]] && echo ok || echo "FAILED rc $rc (see bench.err)")"
   grep -E '^- (PASS|FAIL) ' "$out/bench.md" | sed 's/^- /target: /' || true
 fi
+if failed; then exit 1; fi

@@ -33,8 +33,10 @@
 #include "async.h"
 #include "families.h"
 #include "handle.h"
+#include "nm_args.h"
 #include "plan_args.h"
 #include "sparsekit/cuda_plugin.h"
+#include "sparsekit/nm.h"
 
 namespace sparsekit {
 namespace binding {
@@ -1151,72 +1153,88 @@ void describe_nm(Napi::Env env, Napi::Object& o, const DeviceNM& p) {
   NMHandle::Prop(o, "layout", Napi::String::New(env, p.cutlass ? "cutlass-2:4" : "values+indices"));
 }
 
-// The CUTLASS / PyTorch semi-structured metadata position (int16 index) of the
-// element for row r and 16-column chunk c of an [rows, cols] matrix:
-// torch.sparse's _calculate_meta_reordering_scatter_offsets for int16
-// metadata (rows permuted within 32-row groups, 2×2 blocks transposed, then
-// column-major interleaved by 2).
-int64_t cutlass_meta_offset(int64_t r, int64_t c, int64_t rows) {
-  int64_t dr = r / 32 * 32 + (r % 8) * 4 + (r % 32) / 8;
-  int64_t dc = c;
-  if (dr % 2 == 0 && dc % 2 == 1) {
-    dr += 1;
-    dc -= 1;
-  } else if (dr % 2 == 1 && dc % 2 == 0) {
-    dr -= 1;
-    dc += 1;
+// N:M matrices reach the GPU as the N:M family stores them (NMSparseMatrix:
+// values + in-group indices packed in B bits, validated by sparsekit/nm.h),
+// converted here: 2:4 bf16 to the CUTLASS / PyTorch semi-structured layout the
+// sparse tensor cores read (nm_to_cutlass24), anything else to one index byte
+// per kept value for the CUDA-core kernel.
+std::shared_ptr<DeviceNM> upload_nm(Napi::Env env, const std::string& fn, const NmShape& sh, const float* values,
+                                    const uint8_t* indices, sk_dtype dt, const StreamPtr& s) {
+  auto p = std::make_shared<DeviceNM>();
+  p->rows = sh.rows;
+  p->cols = sh.cols;
+  p->n = sh.n;
+  p->m = sh.m;
+  p->dtype = dt;
+  const int64_t kept = nm_kept_per_row(sh);
+  if (sh.n == 2 && sh.m == 4 && dt == SK_BF16 && sh.rows % 32 == 0 && sh.cols % 64 == 0) {
+    std::vector<uint16_t> v(static_cast<size_t>(sh.rows * kept));
+    std::vector<int16_t> meta(static_cast<size_t>(sh.rows * sh.cols / 16));
+    Status st = nm_to_cutlass24(sh, values, indices, HalfType::kBFloat16, v.data(), meta.data());
+    if (!st.ok()) throw_range(env, fn, st.message);
+    p->cutlass = true;
+    p->values = upload(env, fn, SK_BF16, {sh.rows * kept}, v.data(), s);
+    p->meta = upload(env, fn, kU16, {static_cast<int64_t>(meta.size())}, meta.data(), s);
+    return p;
   }
-  return (dc / 2) * rows * 2 + dr * 2 + dc % 2;
-}
-
-// Packs a dense 2:4 matrix (≤ 2 nonzeros per group of 4) into CUTLASS form.
-// Groups with fewer than two nonzeros fill in the lowest free positions
-// (keeping the two indices increasing, as mma.sp::ordered_metadata needs).
-// Returns the first offending group (row, group) or −1.
-int64_t pack_cutlass24(const float* w, int64_t rows, int64_t cols, uint16_t* values, uint16_t* meta) {
-  const int64_t mcols = cols / 16;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < mcols; ++c) {
-      uint32_t word = 0;
-      for (int64_t g = 0; g < 4; ++g) {
-        const float* q = w + r * cols + c * 16 + g * 4;
-        int idx[2], n = 0;
-        for (int i = 0; i < 4; ++i)
-          if (q[i] != 0.f) {
-            if (n == 2) return r * (cols / 4) + c * 4 + g;
-            idx[n++] = i;
-          }
-        for (int i = 0; i < 4 && n < 2; ++i) {
-          bool used = false;
-          for (int j = 0; j < n; ++j) used |= idx[j] == i;
-          if (!used) idx[n++] = i;
-        }
-        if (idx[0] > idx[1]) std::swap(idx[0], idx[1]);
-        const int64_t vbase = r * (cols / 2) + (c * 4 + g) * 2;
-        values[vbase] = f32_to_bf16(q[idx[0]]);
-        values[vbase + 1] = f32_to_bf16(q[idx[1]]);
-        word |= static_cast<uint32_t>(idx[0] | (idx[1] << 2)) << (4 * g);
-      }
-      meta[cutlass_meta_offset(r, c, rows)] = static_cast<uint16_t>(word);
+  const int bits = nm_index_bits(sh.m);
+  const int64_t ib = nm_index_bytes_per_row(sh);
+  std::vector<uint8_t> idx(static_cast<size_t>(sh.rows * kept));
+  for (int64_t r = 0; r < sh.rows; ++r)
+    for (int64_t j = 0; j < kept; ++j) {
+      // index j of row r: bits [j·B, j·B + B) of the row, LSB first
+      const int64_t bit = j * bits;
+      uint32_t word = indices[r * ib + bit / 8];
+      if (bit / 8 + 1 < ib) word |= static_cast<uint32_t>(indices[r * ib + bit / 8 + 1]) << 8;
+      idx[r * kept + j] = static_cast<uint8_t>((word >> (bit % 8)) & ((1u << bits) - 1));
     }
-  return -1;
+  if (dt == SK_F32) {
+    p->values = upload(env, fn, SK_F32, {sh.rows * kept}, values, s);
+  } else {
+    std::vector<uint16_t> h = to_bf16(values, sh.rows * kept);
+    p->values = upload(env, fn, SK_BF16, {sh.rows * kept}, h.data(), s);
+  }
+  p->idx = upload(env, fn, kU8, {sh.rows * kept}, idx.data(), s);
+  return p;
 }
 
-// cudaPackCutlass24(W [rows, cols] f32) → { values: Uint16Array (bf16 bits), meta: Uint16Array }
+// A dense W [rows, cols] with at most n nonzeros per group of m, compressed
+// by the N:M family's nm_from_mask (mask = W ≠ 0; short groups padded with the
+// lowest free columns holding 0).
+struct DenseNm {
+  NmShape shape;
+  std::vector<float> values;
+  std::vector<uint8_t> indices;
+};
+DenseNm compress_dense_nm(Napi::Env env, const std::string& fn, const TensorArg<float>& w, int n, int m) {
+  DenseNm d;
+  d.shape.rows = w.dim(0);
+  d.shape.cols = w.dim(1);
+  d.shape.n = n;
+  d.shape.m = m;
+  Status st = nm_check_shape(d.shape);
+  if (!st.ok()) throw_range(env, fn, "W: " + st.message);
+  const int64_t count = d.shape.rows * d.shape.cols;
+  std::vector<float> mask(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) mask[i] = w.data()[i] != 0.f ? 1.f : 0.f;
+  d.values.resize(static_cast<size_t>(d.shape.rows * nm_kept_per_row(d.shape)));
+  d.indices.resize(static_cast<size_t>(d.shape.rows * nm_index_bytes_per_row(d.shape)));
+  st = nm_from_mask(w.data(), mask.data(), d.shape, d.values.data(), d.indices.data());
+  if (!st.ok()) throw_range(env, fn, "W is not " + std::to_string(n) + ":" + std::to_string(m) + " sparse: " + st.message);
+  return d;
+}
+
+// cudaPackCutlass24(W [rows, cols] f32 dense 2:4) → { values: Uint16Array (bf16 bits), meta: Int16Array }
 // Host only (no GPU needed): the layout sk_cuda_nm24_linear reads.
 Napi::Value CudaPackCutlass24(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string fn = "cuda.packCutlass24";
   auto w = get_tensor<float>(env, fn, "W", info[0], 2, "[out, in]");
-  const int64_t rows = w.dim(0), cols = w.dim(1);
-  if (rows % 32 || cols % 64)
-    throw_range(env, fn, "the CUTLASS 2:4 layout needs out % 32 == 0 and in % 64 == 0, got " + shape_str(w.shape));
-  auto values = Napi::Uint16Array::New(env, static_cast<size_t>(rows * cols / 2));
-  auto meta = Napi::Uint16Array::New(env, static_cast<size_t>(rows * cols / 16));
-  int64_t bad = pack_cutlass24(w.data(), rows, cols, values.Data(), meta.Data());
-  if (bad >= 0)
-    throw_range(env, fn, "W is not 2:4 sparse: row " + std::to_string(bad / (cols / 4)) + ", group " +
-                             std::to_string(bad % (cols / 4)) + " has more than 2 nonzeros");
+  DenseNm d = compress_dense_nm(env, fn, w, 2, 4);
+  auto values = Napi::Uint16Array::New(env, d.values.size());
+  auto meta = Napi::Int16Array::New(env, static_cast<size_t>(d.shape.rows * d.shape.cols / 16));
+  Status st = nm_to_cutlass24(d.shape, d.values.data(), d.indices.data(), HalfType::kBFloat16, values.Data(), meta.Data());
+  if (!st.ok()) throw_range(env, fn, st.message);
   Napi::Object o = Napi::Object::New(env);
   o.Set("values", values);
   o.Set("meta", meta);
@@ -1231,10 +1249,18 @@ Napi::Value CudaToDeviceNM24(const Napi::CallbackInfo& info) {
   if (!info[0].IsObject() || info[0].IsArray() || info[0].IsTypedArray())
     throw_type(env, fn, "W must be { values, meta, shape } in the CUTLASS 2:4 layout, got " + describe(info[0]));
   Napi::Object o = info[0].As<Napi::Object>();
-  std::vector<int64_t> shape = get_shape(env, fn, "W.shape", o.Get("shape"));
-  if (shape.size() != 2) throw_range(env, fn, "W.shape must be [out, in]");
+  std::vector<int64_t> shape;
+  if (o.Has("shape")) {
+    shape = get_shape(env, fn, "W.shape", o.Get("shape"));
+    if (shape.size() != 2) throw_range(env, fn, "W.shape must be [out, in]");
+  } else {
+    shape = {get_dim(env, fn, "W.rows", o.Get("rows")), get_dim(env, fn, "W.cols", o.Get("cols"))};
+  }
+  Napi::Value dtv = o.Get("dtype");
+  if (!is_absent(dtv) && !(dtv.IsString() && dtv.As<Napi::String>().Utf8Value() == "bfloat16"))
+    throw_range(env, fn, "W.dtype must be 'bfloat16' (the GPU's 2:4 kernel is bf16): export with toCutlass24('bfloat16')");
   const int64_t rows = shape[0], cols = shape[1];
-  if (rows % 32 || cols % 64) throw_range(env, fn, "the CUTLASS 2:4 layout needs out % 32 == 0 and in % 64 == 0, got " + shape_str(shape));
+  if (rows % 32 || cols % 64) throw_range(env, fn, "the GPU's 2:4 kernel needs out % 32 == 0 and in % 64 == 0, got " + shape_str(shape));
   auto values = get_array<uint16_t>(env, fn, "W.values", o.Get("values"));
   if (values.length != rows * cols / 2)
     throw_range(env, fn, "W.values must have out·in/2 = " + std::to_string(rows * cols / 2) + " bf16 values, got " + std::to_string(values.length));
@@ -1273,74 +1299,27 @@ Napi::Value CudaToDeviceNM24(const Napi::CallbackInfo& info) {
   return NMHandle::Wrap(env, std::move(p), describe_nm);
 }
 
-// cudaToDeviceNM(W [rows, cols] f32 dense with ≤ N nonzeros per group of M, { n, m, dtype, stream })
-// 2:4 bf16 with out % 32 == 0 and in % 64 == 0 → the sparse tensor-core layout; otherwise values + indices.
+// cudaToDeviceNM(W, options?: { n, m, dtype, stream }): W is an N:M matrix
+// (NMSparseMatrix: its own n, m) or a dense [rows, cols] tensor with at most
+// n nonzeros per group of m (options.n, options.m).
 Napi::Value CudaToDeviceNM(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string fn = "cuda.toDeviceNM";
   require_cuda(env, fn);
-  auto w = get_tensor<float>(env, fn, "W", info[0], 2, "[out, in]");
   Napi::Value opts = info.Length() > 1 ? info[1] : env.Undefined();
-  const int64_t nn = get_dim(env, fn, "options.n", get_option(env, fn, opts, "n"));
-  const int64_t mm = get_dim(env, fn, "options.m", get_option(env, fn, opts, "m"));
-  if (mm > 16 || nn >= mm) throw_range(env, fn, "need 1 ≤ n < m ≤ 16, got " + std::to_string(nn) + ":" + std::to_string(mm));
-  const int64_t rows = w.dim(0), cols = w.dim(1);
-  if (cols % mm) throw_range(env, fn, "W.shape[1] = " + std::to_string(cols) + " must be a multiple of m = " + std::to_string(mm));
   sk_dtype dt = get_dtype(env, fn, "options.dtype", get_option(env, fn, opts, "dtype"), SK_BF16);
   StreamPtr s = get_stream(env, fn, opts);
-  auto p = std::make_shared<DeviceNM>();
-  p->rows = rows;
-  p->cols = cols;
-  p->n = nn;
-  p->m = mm;
-  p->dtype = dt;
-  if (nn == 2 && mm == 4 && dt == SK_BF16 && rows % 32 == 0 && cols % 64 == 0) {
-    std::vector<uint16_t> values(static_cast<size_t>(rows * cols / 2)), meta(static_cast<size_t>(rows * cols / 16));
-    int64_t bad = pack_cutlass24(w.data(), rows, cols, values.data(), meta.data());
-    if (bad >= 0)
-      throw_range(env, fn, "W is not 2:4 sparse: row " + std::to_string(bad / (cols / 4)) + ", group " +
-                               std::to_string(bad % (cols / 4)) + " has more than 2 nonzeros");
-    p->cutlass = true;
-    p->values = upload(env, fn, SK_BF16, {rows * cols / 2}, values.data(), s);
-    p->meta = upload(env, fn, kU16, {rows * cols / 16}, meta.data(), s);
-    return NMHandle::Wrap(env, std::move(p), describe_nm);
-  }
-  const int64_t kept = cols / mm * nn;
-  std::vector<float> values(static_cast<size_t>(rows * kept), 0.f);
-  std::vector<uint8_t> idx(static_cast<size_t>(rows * kept), 0);
-  const float* d = w.data();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t g = 0; g < cols / mm; ++g) {
-      int64_t n = 0;
-      const int64_t base = r * kept + g * nn;
-      for (int64_t i = 0; i < mm; ++i) {
-        const float v = d[r * cols + g * mm + i];
-        if (v == 0.f) continue;
-        if (n == nn)
-          throw_range(env, fn, "W is not " + std::to_string(nn) + ":" + std::to_string(mm) + " sparse: row " + std::to_string(r) +
-                                   ", group " + std::to_string(g) + " has more than " + std::to_string(nn) + " nonzeros");
-        values[base + n] = v;
-        idx[base + n] = static_cast<uint8_t>(i);
-        ++n;
-      }
-      // Unused slots: value 0 at a position not used in the group.
-      for (int64_t i = 0; n < nn && i < mm; ++i) {
-        bool used = false;
-        for (int64_t j = 0; j < n; ++j) used |= idx[base + j] == i;
-        if (!used) {
-          values[base + n] = 0.f;
-          idx[base + n] = static_cast<uint8_t>(i);
-          ++n;
-        }
-      }
-    }
-  if (dt == SK_F32) {
-    p->values = upload(env, fn, SK_F32, {rows * kept}, values.data(), s);
+  std::shared_ptr<DeviceNM> p;
+  if (info[0].IsObject() && info[0].As<Napi::Object>().Has("indices")) {
+    NmArg a = get_nm(env, fn, "W", info[0], true);
+    p = upload_nm(env, fn, a.shape, a.values.data, a.indices.data, dt, s);
   } else {
-    std::vector<uint16_t> h = to_bf16(values.data(), rows * kept);
-    p->values = upload(env, fn, SK_BF16, {rows * kept}, h.data(), s);
+    auto w = get_tensor<float>(env, fn, "W", info[0], 2, "[out, in] (or an NMSparseMatrix)");
+    int n, m;
+    get_pattern(env, fn, "options.", get_option(env, fn, opts, "n"), get_option(env, fn, opts, "m"), &n, &m);
+    DenseNm d = compress_dense_nm(env, fn, w, n, m);
+    p = upload_nm(env, fn, d.shape, d.values.data(), d.indices.data(), dt, s);
   }
-  p->idx = upload(env, fn, kU8, {rows * kept}, idx.data(), s);
   return NMHandle::Wrap(env, std::move(p), describe_nm);
 }
 

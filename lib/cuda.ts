@@ -52,6 +52,7 @@ import {
 } from './native';
 import type { Float32Tensor, Tensor } from './tensor';
 import type { MoELayer } from './moe';
+import type { NMParts } from './nm';
 import type { DeviceMoELayer } from './cuda_moe';
 
 export type DeviceDtype = 'f32' | 'bf16' | 'i32';
@@ -609,12 +610,17 @@ export const cuda = {
   },
 
   /**
-   * Uploads an N:M sparse weight given densely (`W: [out, in]` with at most n
-   * nonzeros in every group of m along `in`). 2:4 bf16 with out % 32 == 0 and
-   * in % 64 == 0 is packed in the CUTLASS/PyTorch semi-structured layout and
-   * runs on sparse tensor cores; anything else as values + in-group indices.
+   * Uploads an N:M sparse weight: an {@link NMSparseMatrix} (any N:M), or a
+   * dense `W: [out, in]` with at most `options.n` nonzeros in every group of
+   * `options.m` along `in`. 2:4 in bf16 with out % 32 == 0 and in % 64 == 0
+   * is laid out for the sparse tensor cores (the CUTLASS / PyTorch
+   * semi-structured layout, as `toCutlass24('bfloat16')` gives it); anything
+   * else runs on CUDA cores from values + in-group indices. Default dtype bf16.
    */
-  toDeviceNM(W: Float32Tensor, options: { n: number; m: number; dtype?: 'f32' | 'bf16' } & StreamOption): DeviceNM {
+  toDeviceNM(
+    W: Float32Tensor | NMParts,
+    options?: { n?: number; m?: number; dtype?: 'f32' | 'bf16' } & StreamOption,
+  ): DeviceNM {
     requireCuda('cuda.toDeviceNM');
     return new DeviceNM(native.cudaToDeviceNM(W, nativeOpts('cuda.toDeviceNM', options)));
   },
@@ -622,10 +628,18 @@ export const cuda = {
   /**
    * Uploads 2:4 weights already compressed as PyTorch's semi-structured
    * tensors / CUTLASS store them: `values` (bf16 bits, `[out, in/2]`) and
-   * `meta` (int16 `[out, in/16]`, reordered), e.g. from `toCutlass24()`.
+   * `meta` (int16 `[out, in/16]`, reordered), with `shape` or `rows`/`cols`:
+   * e.g. `NMSparseMatrix.toCutlass24('bfloat16')`'s result as it is.
    */
   toDeviceNM24(
-    W: { values: Uint16Array; meta: Uint16Array | Int16Array; shape: readonly [number, number] | readonly number[] },
+    W: {
+      values: Uint16Array;
+      meta: Uint16Array | Int16Array;
+      shape?: readonly number[];
+      rows?: number;
+      cols?: number;
+      dtype?: 'bfloat16' | 'float16';
+    },
     options?: StreamOption,
   ): DeviceNM {
     requireCuda('cuda.toDeviceNM24');
@@ -633,10 +647,10 @@ export const cuda = {
   },
 
   /**
-   * The CUTLASS 2:4 packing of a dense 2:4 matrix, on the host (needs no
-   * GPU): what {@link cuda.toDeviceNM} uploads for 2:4 bf16.
+   * The CUTLASS 2:4 packing (bf16) of a dense 2:4 matrix, on the host (needs
+   * no GPU): what {@link cuda.toDeviceNM} uploads for 2:4 bf16.
    */
-  packCutlass24(W: Float32Tensor): { values: Uint16Array; meta: Uint16Array } {
+  packCutlass24(W: Float32Tensor): { values: Uint16Array; meta: Int16Array } {
     return native.cudaPackCutlass24(W);
   },
 

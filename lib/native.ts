@@ -72,7 +72,10 @@ export interface PackedBsrLinear {
   readonly isa: IsaName;
   /** Name of the kernel that will run it, e.g. f32-bsr-6x16-avx2-fma. */
   readonly kernel: string;
-  /** Bytes held in native memory (values and structure). */
+  /**
+   * Bytes held in native memory (values and structure) when packed; the first
+   * bsrLinearTransposed call adds a transposed copy of the same size.
+   */
   readonly bytes: number;
 }
 
@@ -255,9 +258,9 @@ export interface NativeCudaBinding {
   cudaBsrLinearAsync(x: NativeDeviceBuffer, w: NativeDeviceBsr, options?: Opts): Promise<NativeDeviceBuffer>;
   cudaSddmm(a: NativeDeviceBuffer, b: NativeDeviceBuffer, mask: NativeDeviceBsr, options?: Opts): NativeDeviceBsr;
   cudaSddmmAsync(a: NativeDeviceBuffer, b: NativeDeviceBuffer, mask: NativeDeviceBsr, options?: Opts): Promise<NativeDeviceBsr>;
-  cudaPackCutlass24(w: Float32Tensor): { values: Uint16Array; meta: Uint16Array };
+  cudaPackCutlass24(w: Float32Tensor): { values: Uint16Array; meta: Int16Array };
   cudaToDeviceNM24(w: object, options?: Opts): NativeDeviceNM;
-  cudaToDeviceNM(w: Float32Tensor, options?: Opts): NativeDeviceNM;
+  cudaToDeviceNM(w: object, options?: Opts): NativeDeviceNM;
   cudaNMLinear(x: NativeDeviceBuffer, w: NativeDeviceNM, options?: Opts): NativeDeviceBuffer;
   cudaNMLinearAsync(x: NativeDeviceBuffer, w: NativeDeviceNM, options?: Opts): Promise<NativeDeviceBuffer>;
 }

@@ -14,10 +14,15 @@
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import {
+  BlockSparseMatrix,
+  bsrLinear,
   combine,
   cuda,
+  NMSparseMatrix,
+  nmLinear,
   route,
   routingPresets,
+  sddmm,
   CudaUnavailableError,
   DeviceTensor,
   expertsForward,
@@ -364,7 +369,7 @@ const BSR_CASES: [number, number, number, number, number, number][] = [
 ];
 
 for (const dtype of ['f32', 'bf16'] as const) {
-  cudaTest(`bsrLinear ${dtype} (blocks 16/32/64 and 3×5) matches the CPU linear on the dense matrix`, async () => {
+  cudaTest(`bsrLinear ${dtype} (blocks 16/32/64 and 3×5) matches the CPU bsrLinear`, async () => {
     const rng = new Rng(dtype === 'f32' ? 80 : 81);
     for (const [i, [m, rows, cols, br, bc, density]] of BSR_CASES.entries()) {
       const b = randomBsr(rng, rows, cols, br, bc, density);
@@ -372,9 +377,12 @@ for (const dtype of ['f32', 'bf16'] as const) {
       const bias = i % 2 ? rng.floats(rows) : null;
       const act = ACTS[i % ACTS.length];
       const round = dtype === 'bf16' ? roundBf16 : (a: Float32Array) => a;
-      const ref = linear({ data: round(x), shape: [m, cols] }, { data: round(bsrToDense(b)), shape: [rows, cols] }, { bias, activation: act }).data;
+      // The CPU bsrLinear on the same (rounded) inputs; and the dense product as a second opinion.
+      const ref = bsrLinear({ data: round(x), shape: [m, cols] }, BlockSparseMatrix.fromParts({ ...b, values: round(b.values) }), { bias, activation: act }).data;
+      const dense = linear({ data: round(x), shape: [m, cols] }, { data: round(bsrToDense(b)), shape: [rows, cols] }, { bias, activation: act }).data;
+      assert.ok(relError(ref, dense) <= 1e-5, 'CPU bsrLinear agrees with the dense product');
       const dx = cuda.toDevice({ data: x, shape: [m, cols] }, { dtype });
-      const dw = cuda.toDeviceBsr(b, { dtype });
+      const dw = cuda.toDeviceBsr(BlockSparseMatrix.fromParts(b), { dtype });
       const db = bias ? cuda.toDevice({ data: bias, shape: [rows] }) : null;
       const y = await cuda.bsrLinearAsync(dx, dw, { bias: db, activation: act, outDtype: 'f32' });
       using([dx, dw, y, ...(db ? [db] : [])], () => {
@@ -387,7 +395,7 @@ for (const dtype of ['f32', 'bf16'] as const) {
     }
   });
 
-  cudaTest(`sddmm ${dtype} matches the CPU a·bᵀ on the mask's blocks`, async () => {
+  cudaTest(`sddmm ${dtype} matches the CPU sddmm`, async () => {
     const rng = new Rng(dtype === 'f32' ? 82 : 83);
     for (const [m, n, k, bs, density] of [[64, 64, 40, 16, 0.5], [128, 96, 64, 32, 0.3], [128, 128, 72, 64, 0.5], [15, 20, 9, 5, 0.5], [32, 32, 13, 16, 1]] as const) {
       const mask = randomBsr(rng, m, n, bs, bs, density);
@@ -395,11 +403,14 @@ for (const dtype of ['f32', 'bf16'] as const) {
       const b = rng.floats(n * k);
       const round = dtype === 'bf16' ? roundBf16 : (v: Float32Array) => v;
       const full = linear({ data: round(a), shape: [m, k] }, { data: round(b), shape: [n, k] }).data;
-      const ref = new Float32Array(mask.colIdx.length * bs * bs);
+      const blocks = new Float32Array(mask.colIdx.length * bs * bs);
       for (let R = 0; R < m / bs; R++)
         for (let p = mask.rowPtr[R]; p < mask.rowPtr[R + 1]; p++)
           for (let i = 0; i < bs; i++)
-            for (let j = 0; j < bs; j++) ref[(p * bs + i) * bs + j] = full[(R * bs + i) * n + mask.colIdx[p] * bs + j];
+            for (let j = 0; j < bs; j++) blocks[(p * bs + i) * bs + j] = full[(R * bs + i) * n + mask.colIdx[p] * bs + j];
+      // The CPU sddmm, checked against the blocks of the dense product.
+      const ref = sddmm({ data: round(a), shape: [m, k] }, { data: round(b), shape: [n, k] }, BlockSparseMatrix.fromParts(mask)).values;
+      if (ref.length) assert.ok(relError(ref, blocks) <= 1e-5, 'CPU sddmm agrees with the dense product');
       const dm = cuda.toDeviceBsr(mask, { dtype });
       const da = cuda.toDevice({ data: a, shape: [m, k] }, { dtype });
       const db = cuda.toDevice({ data: b, shape: [n, k] }, { dtype });
@@ -466,7 +477,8 @@ test('cuda.packCutlass24 (host, no GPU): values and metadata in the CUTLASS / Py
       w[g * 4 + i0] = bf16Round(rng.next() + 0.5);
       w[g * 4 + i1] = -bf16Round(rng.next() + 0.5);
     }
-    const { values, meta } = cuda.packCutlass24({ data: w, shape: [rows, cols] });
+    const { values, meta: meta16 } = cuda.packCutlass24({ data: w, shape: [rows, cols] });
+    const meta = new Uint16Array(meta16.buffer, meta16.byteOffset, meta16.length);
     // values: the two kept values of each group, in column order, as bf16 bits.
     for (let g = 0; g < pairs.length; g++) {
       assert.equal(values[2 * g], bf16Bits(w[g * 4 + pairs[g][0]]));
@@ -486,6 +498,10 @@ test('cuda.packCutlass24 (host, no GPU): values and metadata in the CUTLASS / Py
     const off = cutlassGatherOffsets(rows, cols);
     const want = Array.from(off, (o) => plain[o]);
     assert.deepEqual(Array.from(meta), want, `CUTLASS metadata order for ${rows}x${cols}`);
+    // The N:M family's export of the same matrix is the same bits.
+    const c = NMSparseMatrix.fromMask({ data: w, shape: [rows, cols] }, { data: Float32Array.from(w, (v) => (v !== 0 ? 1 : 0)), shape: [rows, cols] }, { n: 2, m: 4 }).toCutlass24('bfloat16');
+    assert.deepEqual(Array.from(c.values), Array.from(values), 'values = NMSparseMatrix.toCutlass24(bfloat16).values');
+    assert.deepEqual(Array.from(c.meta), Array.from(meta16), 'meta = NMSparseMatrix.toCutlass24(bfloat16).meta');
   }
   // Hand-worked: in the first 128 bytes, 32-bit word 4g+q (lane 4g+q of mma.sp.m16n8k32) holds
   // rows (g, g+8) for q = 0/1 (columns 0–15 / 16–31) and rows (g+16, g+24) for q = 2/3.
@@ -497,7 +513,8 @@ test('cuda.packCutlass24 (host, no GPU): values and metadata in the CUTLASS / Py
       w[r * cols + g * 4] = 1;
       w[r * cols + g * 4 + 1 + ((r + g) % 3)] = 1;
     }
-  const { meta } = cuda.packCutlass24({ data: w, shape: [rows, cols] });
+  const packed = cuda.packCutlass24({ data: w, shape: [rows, cols] }).meta;
+  const meta = new Uint16Array(packed.buffer, packed.byteOffset, packed.length);
   const word = (r: number, c: number) => {
     let v = 0;
     for (let q = 0; q < 4; q++) v |= (0 | ((1 + ((r + c * 4 + q) % 3)) << 2)) << (4 * q);
@@ -512,8 +529,8 @@ test('cuda.packCutlass24 (host, no GPU): values and metadata in the CUTLASS / Py
   }
   // The next 32 columns of the same rows follow all rows' first 32 columns (column-major by 32-column slices).
   assert.equal(meta[2 * rows], word(0, 2));
-  assert.throws(() => cuda.packCutlass24({ data: new Float32Array(32 * 64).fill(1), shape: [32, 64] }), /not 2:4 sparse: row 0, group 0/);
-  assert.throws(() => cuda.packCutlass24({ data: new Float32Array(16 * 64), shape: [16, 64] }), /out % 32 == 0 and in % 64 == 0/);
+  assert.throws(() => cuda.packCutlass24({ data: new Float32Array(32 * 64).fill(1), shape: [32, 64] }), /W is not 2:4 sparse: .*row 0/);
+  assert.throws(() => cuda.packCutlass24({ data: new Float32Array(16 * 64), shape: [16, 64] }), /rows % 32 == 0/);
 });
 
 function bf16Round(x: number): number {
@@ -543,6 +560,40 @@ cudaTest('nmLinear 2:4 bf16 on sparse tensor cores (CUTLASS layout) matches the 
       assert.deepEqual(Array.from(host(y24)), Array.from(host(y)), 'toDeviceNM24(packCutlass24(W)) differs from toDeviceNM(W)');
     });
   }
+});
+
+cudaTest('nmLinear on NMSparseMatrix weights (2:4 tensor cores, 1:4, 2:8; f32 and bf16) matches the CPU nmLinear', async () => {
+  const rng = new Rng(93);
+  const cases: [number, number, number, number, number, 'f32' | 'bf16'][] = [
+    [37, 96, 192, 2, 4, 'bf16'], [300, 128, 256, 2, 4, 'bf16'], [16, 64, 128, 2, 4, 'f32'], [13, 40, 64, 1, 4, 'bf16'], [7, 33, 80, 2, 8, 'f32'],
+  ];
+  for (const [i, [m, rows, cols, n, mm, dtype]] of cases.entries()) {
+    const W = NMSparseMatrix.random(rows, cols, { n, m: mm }, { seed: 10 + i, scale: 0.2 });
+    const x = rng.floats(m * cols);
+    const round = dtype === 'bf16' ? roundBf16 : (a: Float32Array) => a;
+    const Wr = NMSparseMatrix.fromParts({ rows, cols, n, m: mm, values: round(W.values), indices: W.indices });
+    const bias = i % 2 ? rng.floats(rows) : null;
+    const ref = nmLinear({ data: round(x), shape: [m, cols] }, Wr, { bias, activation: 'silu' }).data;
+    const dx = cuda.toDevice({ data: x, shape: [m, cols] }, { dtype });
+    const dw = cuda.toDeviceNM(W, { dtype });
+    const db = bias ? cuda.toDevice({ data: bias, shape: [rows] }) : null;
+    const y = cuda.nmLinear(dx, dw, { bias: db, activation: 'silu', outDtype: 'f32' });
+    const extra: { dispose(): void }[] = [];
+    if (dw.layout === 'cutlass-2:4') {
+      // Its PyTorch / CUTLASS export uploads to the same thing.
+      const d24 = cuda.toDeviceNM24(W.toCutlass24('bfloat16'));
+      const y24 = cuda.nmLinear(dx, d24, { bias: db, activation: 'silu', outDtype: 'f32' });
+      extra.push(d24, y24);
+      assert.deepEqual(Array.from(host(y24)), Array.from(host(y)), `${n}:${mm} toDeviceNM24(W.toCutlass24()) differs from toDeviceNM(W)`);
+    }
+    using([dx, dw, y, ...extra, ...(db ? [db] : [])], () => {
+      assert.equal(dw.layout, n === 2 && mm === 4 && dtype === 'bf16' ? 'cutlass-2:4' : 'values+indices');
+      const err = relError(host(y), ref);
+      const tol = dtype === 'f32' ? F32_TOL : BF16_TOL;
+      assert.ok(err <= tol, `nmLinear ${n}:${mm} ${dtype} m=${m} ${rows}x${cols}: rel err ${err.toExponential(3)} vs the CPU nmLinear on ${device}`);
+    });
+  }
+  assert.throws(() => cuda.toDeviceNM24({ ...NMSparseMatrix.random(32, 64, { n: 2, m: 4 }).toCutlass24('float16') }), /W\.dtype must be 'bfloat16'/);
 });
 
 cudaTest('nmLinear general N:M (1:4, 2:8, 4:8, 3:5, 2:4 f32) matches the CPU linear on the dense matrix', async () => {
