@@ -11,19 +11,16 @@
  *   and a pre-allocated output tensor are created ahead; only `session.run` is
  *   timed (it includes onnxruntime-node's setImmediate hop and feed checks,
  *   a few microseconds). Ours writes into a preallocated `out` as well.
- * - ORT's intra-op threads spin after each run (its default,
- *   session.intra_op.allow_spinning=1); `BENCH_ORT_SPIN=0` turns it off. Our
- *   pool blocks on a condition variable instead. On a 2-core machine the
- *   spinning ORT workers slow a call of ours made right after an ORT run
- *   (measured: ~5–20% on 128×1024×4096 and 1×4096×4096 at 2 threads, on a
- *   loaded machine), so the harness makes one untimed call after every switch
- *   of contender (for calls under 100 ms; longer ones absorb it) and neither
- *   side is charged for the other's leftovers.
+ * - ORT's intra-op threads do not spin between runs (allow_spinning 0, see
+ *   ortSpin in bench/onnx.ts: spinning ORT workers took the second core from
+ *   our next call and barely sped ORT up); BENCH_ORT_SPIN=1 turns ORT's
+ *   default spinning back on. The harness also makes one untimed call after
+ *   every switch of contender (for calls under 100 ms).
  * - Our output is checked against ORT's once per shape (relative error).
  */
 import * as ort from 'onnxruntime-node';
 import { defineSuite, filterByEnv, threadList, type CaseSpec } from './harness';
-import { matmulModel } from './onnx';
+import { matmulModel, ortSpin } from './onnx';
 import { info, linear, prepackLinear, randomTensor, setIsa, type Float32Tensor, type IsaName } from '../lib/index';
 
 /** (tokens, in, out) from issue 2. */
@@ -67,7 +64,7 @@ export default defineSuite({
   ].join(''),
 
   async run(h) {
-    const spin = process.env.BENCH_ORT_SPIN ?? '1';
+    const spin = ortSpin();
     const bestIsa: IsaName = info().isa;
     h.meta.onnxruntime = { version: ort.env.versions?.node ?? 'unknown', allowSpinning: spin };
     h.meta.isa = bestIsa;

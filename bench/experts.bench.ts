@@ -47,11 +47,12 @@
  *
  * Env: BENCH_EXPERTS_SHAPES=mixtral,fine and BENCH_TOKENS=1,32 narrow the run;
  * BENCH_THREADS=1,2 replaces the default thread plan (2 threads everywhere, and
- * also 1 thread at Mixtral T = 512); BENCH_ORT_SPIN=0 stops ORT's spinning.
+ * also 1 thread at Mixtral T = 512); BENCH_ORT_SPIN=1 lets ORT's
+ * idle workers spin (off by default: see ortSpin in bench/onnx.ts).
  */
 import * as ort from 'onnxruntime-node';
 import { defineSuite, filterByEnv, fmt, type CaseResult, type CaseSpec, type SuiteContext } from './harness';
-import { moeModel } from './onnx';
+import { moeModel, ortSpin } from './onnx';
 import {
   expertsForward,
   info,
@@ -207,7 +208,7 @@ export default defineSuite({
   ].join(''),
 
   async run(h) {
-    const spin = process.env.BENCH_ORT_SPIN ?? '1';
+    const spin = ortSpin();
     h.meta.onnxruntime = { version: ort.env.versions?.node ?? 'unknown', allowSpinning: spin };
     h.meta.isa = info().isa;
     h.meta.memGBps = MEM_GBPS;

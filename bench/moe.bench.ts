@@ -45,12 +45,12 @@
  * the large cases stop at the harness's 3-round minimum.
  *
  * Env: BENCH_MOE_SHAPES=mixtral,deepseek and BENCH_TOKENS=1,32 narrow the
- * run; BENCH_THREADS=1,2 replaces the default (2 threads); BENCH_ORT_SPIN=0
- * stops ORT's spinning.
+ * run; BENCH_THREADS=1,2 replaces the default (2 threads); BENCH_ORT_SPIN=1
+ * lets ORT's idle workers spin (off by default: see ortSpin in bench/onnx.ts).
  */
 import * as ort from 'onnxruntime-node';
 import { defineSuite, filterByEnv, fmt, threadList, type CaseResult, type CaseSpec, type SuiteContext } from './harness';
-import { moeModel } from './onnx';
+import { moeModel, ortSpin } from './onnx';
 import { info, linear, MoELayer, prepackLinear, randomTensor, type MoEArchitecture, type MoEWeights } from '../lib/index';
 
 const TOKENS = [1, 32, 512, 2048];
@@ -148,7 +148,7 @@ export default defineSuite({
   ].join(''),
 
   async run(h) {
-    const spin = process.env.BENCH_ORT_SPIN ?? '1';
+    const spin = ortSpin();
     h.meta.onnxruntime = { version: ort.env.versions?.node ?? 'unknown', allowSpinning: spin };
     h.meta.isa = info().isa;
     h.meta.memGBps = MEM_GBPS;

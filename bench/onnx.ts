@@ -64,6 +64,20 @@ function concatBytes(list: Bytes[]): Bytes {
   return { parts, len };
 }
 
+/**
+ * ORT's `session.intra_op.allow_spinning` for every benchmark session: "0"
+ * unless BENCH_ORT_SPIN says otherwise. With spinning on (ORT's default), its
+ * idle intra-op workers keep spinning after each run and, on this 2-core
+ * machine, take a core from whichever contender runs next: a 4.5 ms call of
+ * ours measured 8.3 ms right after an ORT run (1×4096×4096, 2 threads), while
+ * ORT's own times with spinning off were within noise of spinning on (5.06 vs
+ * 4.49, 8.66 vs 8.30, 9.52 vs 9.66 ms at 1/16/128 tokens). Off, neither side
+ * pays for the other's idle threads.
+ */
+export function ortSpin(): string {
+  return process.env.BENCH_ORT_SPIN ?? '0';
+}
+
 /** Varint of a non-negative or negative int64 (negatives: 10-byte two's complement). */
 export function varint(value: number | bigint): Uint8Array {
   if (typeof value === 'number') {
