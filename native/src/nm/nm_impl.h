@@ -292,6 +292,70 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
     for (int v = 0; v < TV; ++v) V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
 }
 
+// Tuned patterns: the same tile over R consecutive rows of one packed panel
+// (q + R ≤ kNmPanelRows for the first row q), full chunks only. The panel
+// layout puts every row's chunk c at a fixed offset from one values pointer
+// and one index pointer, so the tile needs two pointers and the x block
+// pointer whatever R is. Index decoding is a shift and a mask per value: the
+// chunk's index word is pre-shifted so that (word >> l·B) & ((M−1) << SH) is
+// already the byte offset idx · TT · 4 of the x row when TT · 4 = 2^SH (the
+// group's first column is an immediate displacement); other widths multiply.
+//   pv: values of chunk 0 of row q; pm: its index bytes; xc: x rows of the
+//   first column of chunk 0; nc chunks.
+template <class V, class P, int R, int TV, int S>
+__attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm, int64_t nc, const float* __restrict xc_f,
+                                             float* __restrict acc_io, bool load) {
+  using T = typename V::T;
+  constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC, PR = P::PR, W = V::W, TT = TV * W;
+  constexpr bool kPow2 = ((TT * 4) & (TT * 4 - 1)) == 0;
+  constexpr int SH = __builtin_ctz(unsigned(TT * 4));
+  static_assert(R <= PR, "a panel tile stays inside one panel");
+  const char* xc = reinterpret_cast<const char*>(xc_f);
+  T acc[S][R][TV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      acc[0][r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
+      if (S > 1) acc[S - 1][r][v] = V::zero();
+    }
+  for (int64_t c = 0; c < nc; ++c) {
+    uint64_t word[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      uint32_t x;
+      std::memcpy(&x, pm + r * B, 4);  // B bytes (and up to 3 more inside the padded panel)
+      word[r] = kPow2 ? uint64_t(x) << SH : uint64_t(x);
+    }
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; ++l) {
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        uint64_t off;
+        if constexpr (kPow2) {
+          // a rotate (not a shift) lets the compiler keep the word and use one non-destructive op
+          const uint64_t rot = l == 0 ? word[r] : (word[r] >> (l * B)) | (word[r] << ((64 - l * B) & 63));
+          off = rot & (uint64_t(M - 1) << SH);
+        } else {
+          off = ((word[r] >> (l * B)) & (M - 1)) * uint64_t(TT * 4);
+        }
+        const float* xr = reinterpret_cast<const float*>(xc + (l / N) * M * TT * 4 + off);
+        T b = V::bcast(pv + r * 8 + l);
+#pragma GCC unroll 16
+        for (int v = 0; v < TV; ++v) acc[l % S][r][v] = V::fma(b, V::load(xr + v * W), acc[l % S][r][v]);
+      }
+    }
+    pv += PR * 8;
+    pm += PR * B;
+    xc += CC * TT * 4;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v)
+      V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
+}
+
 // dst[tile][k][TT] = src[tile·TT + t][k] (zero past m): token tiles transposed
 // so one column's tokens are contiguous. Parallel over (tile, block of k).
 SK_INLINE void nm_pack_tiles(const float* src, int64_t m, int64_t k, int64_t tt_size, float* dst) {
@@ -434,7 +498,15 @@ struct NmDriver {
             if (xnext)
               for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
             float* acc = scratch + ((tt - t0) * kMC + (p - r0)) * TT;
-            nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
+            if constexpr (P::kTuned) {
+              const int64_t q = p % P::PR;
+              const float* pv = w.values.data() + (p / P::PR) * w.vstride + q * 8 + c0 * (P::PR * 8);
+              const uint8_t* pm = w.meta.data() + (p / P::PR) * w.mstride + q * P::B + c0 * (P::PR * P::B);
+              nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, kb > 0);
+              if (last && kept > chunks * 8) nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc, true);
+            } else {
+              nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
+            }
           }
         }
       }
@@ -501,7 +573,10 @@ struct NmDriver {
     switch (tile_tv(m, n, mm)) {
       case 1: return run_tiled<P, 4, 1, 2>(w, x, m, bias, act, y);
       case 2: return run_tiled<P, 4, 2, 1>(w, x, m, bias, act, y);
-      case 4: return run_tiled<P, 3, 4, 1>(w, x, m, bias, act, y);
+      // tuned: rows of a tile share a panel (R | 4)
+      case 4:
+        if constexpr (P::kTuned) return run_tiled<P, 2, 4, 1>(w, x, m, bias, act, y);
+        else return run_tiled<P, 3, 4, 1>(w, x, m, bias, act, y);
       case 6: return run_tiled<P, 2, 6, 1>(w, x, m, bias, act, y);
       default: return run_tiled<P, 1, 8, 1>(w, x, m, bias, act, y);
     }
