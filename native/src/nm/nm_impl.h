@@ -304,7 +304,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
 //   first column of chunk 0; nc chunks.
 template <class V, class P, int R, int TV, int S>
 __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm, int64_t nc, const float* __restrict xc_f,
-                                             float* __restrict acc_io, bool load) {
+                                             float* __restrict acc_io, bool load, const char* pfv, const char* pfm) {
   using T = typename V::T;
   constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC, PR = P::PR, W = V::W, TT = TV * W;
   constexpr bool kPow2 = ((TT * 4) & (TT * 4 - 1)) == 0;
@@ -320,6 +320,11 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
       if (S > 1) acc[S - 1][r][v] = V::zero();
     }
   for (int64_t c = 0; c < nc; ++c) {
+    if (pfv) {
+      __builtin_prefetch(pfv + c * (PR * 32));
+      __builtin_prefetch(pfv + c * (PR * 32) + 64);
+      __builtin_prefetch(pfm + c * (PR * B));
+    }
     uint64_t word[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -380,6 +385,7 @@ struct NmDriver {
   using V = typename Cfg::V;
   static constexpr int W = V::W;
   static constexpr int64_t kMC = 96;  // rows per block: a multiple of every R below (4, 3, 2, 1)
+  static constexpr int64_t kNmPfPanels = 2;  // tuned tiles prefetch W this many panels ahead
 
   // ---- forward
 
@@ -492,9 +498,12 @@ struct NmDriver {
             typename P::Row rr[R];
             // A partial panel repeats its last row; the extra results land in unused scratch.
             for (int i = 0; i < R; ++i) rr[i] = P::row(w, nm_min(p + i, r1 - 1));
-            // W rows two panels ahead: they stream from memory once per block
-            // and the row-by-row jumps are too long for the hardware prefetcher.
-            if (tt == t0) prefetch_rows<P>(w, p + 2 * R, nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
+            // Generic patterns: W rows two tiles ahead, prefetched in one go
+            // (tuned patterns prefetch inside the tile, below): W streams from
+            // memory once per block and the row-by-row jumps are too long for
+            // the hardware prefetcher.
+            if constexpr (!P::kTuned)
+              if (tt == t0) prefetch_rows<P>(w, p + 2 * R, nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
             if (xnext)
               for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
             float* acc = scratch + ((tt - t0) * kMC + (p - r0)) * TT;
@@ -502,7 +511,21 @@ struct NmDriver {
               const int64_t q = p % P::PR;
               const float* pv = w.values.data() + (p / P::PR) * w.vstride + q * 8 + c0 * (P::PR * 8);
               const uint8_t* pm = w.meta.data() + (p / P::PR) * w.mstride + q * P::B + c0 * (P::PR * P::B);
-              nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, kb > 0);
+              // The panel kNmPfPanels ahead in this task's walk (past the end of
+              // the row block: the first panels of the next column block), one
+              // chunk per chunk computed, on the first visit to a panel. Spread
+              // this way, the prefetches keep W streaming at a steady rate; in
+              // one burst per panel they left the tile waiting on memory.
+              const char *pfv = nullptr, *pfm = nullptr;
+              if (tt == t0 && q == 0) {
+                int64_t pp = p / P::PR + kNmPfPanels, pc0 = c0;
+                if (pp * P::PR >= r1) pp -= nm_cdiv(r1 - r0, P::PR), pc0 = c1;  // wraps to row block start
+                if (pp * P::PR < r1 && pc0 < chunks) {
+                  pfv = reinterpret_cast<const char*>(w.values.data() + pp * w.vstride + pc0 * (P::PR * 8));
+                  pfm = reinterpret_cast<const char*>(w.meta.data() + pp * w.mstride + pc0 * (P::PR * P::B));
+                }
+              }
+              nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, kb > 0, pfv, pfm);
               if (last && kept > chunks * 8) nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc, true);
             } else {
               nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
@@ -529,16 +552,19 @@ struct NmDriver {
   // falls with density: a column block's xp slice must stay in L1, so sparser
   // patterns get fewer values per block, and the accumulator load/store per
   // block must stay small against the FMAs.
-  static int tile_tv(int64_t m, int n, int mm) {
+  static int tile_tv(int64_t m, int n, int mm, bool tuned) {
     const int64_t need = nm_cdiv(m, W);
-    const int tv_max = 2 * n >= mm ? 8 : 4 * n >= mm ? 6 : 4;
+    // Tuned tiles take TV = 1, 2, 4, 8 only: an x row of TV·W floats is then a
+    // power of two bytes (one shift-free decode, rows never straddle lines);
+    // 6 vectors measured ~1.5x slower per value than 4 in a full call.
+    const int tv_max = 2 * n >= mm ? 8 : 4 * n >= mm ? (tuned ? 4 : 6) : 4;
     static const int kTvs[] = {1, 2, 4, 6, 8};
     for (int tv : kTvs)
-      if (tv >= need && tv <= tv_max) return tv;
+      if (tv >= need && tv <= tv_max && !(tuned && tv == 6)) return tv;
     int best = 4;
     int64_t best_pad = nm_cdiv(need, 4) * 4;
     for (int tv : kTvs) {
-      if (tv < 4 || tv > tv_max) continue;
+      if (tv < 4 || tv > tv_max || (tuned && tv == 6)) continue;
       int64_t pad = nm_cdiv(need, tv) * tv;
       if (pad <= best_pad) best = tv, best_pad = pad;
     }
@@ -570,14 +596,16 @@ struct NmDriver {
       }
       return true;
     }
-    switch (tile_tv(m, n, mm)) {
+    switch (tile_tv(m, n, mm, P::kTuned)) {
       case 1: return run_tiled<P, 4, 1, 2>(w, x, m, bias, act, y);
       case 2: return run_tiled<P, 4, 2, 1>(w, x, m, bias, act, y);
       // tuned: rows of a tile share a panel (R | 4)
       case 4:
         if constexpr (P::kTuned) return run_tiled<P, 2, 4, 1>(w, x, m, bias, act, y);
         else return run_tiled<P, 3, 4, 1>(w, x, m, bias, act, y);
-      case 6: return run_tiled<P, 2, 6, 1>(w, x, m, bias, act, y);
+      case 6:
+        if constexpr (!P::kTuned) return run_tiled<P, 2, 6, 1>(w, x, m, bias, act, y);
+        [[fallthrough]];
       default: return run_tiled<P, 1, 8, 1>(w, x, m, bias, act, y);
     }
   }
