@@ -105,8 +105,9 @@ constexpr int kNmPanelRows = 4;
 // chunk c = 0, 1, …, the 4 rows' 8 values (128 bytes) in `values`
 // [p·vstride + c·32 + row·8] and their index bytes in `meta`
 // [p·mstride + c·4·B + row·B], exactly the bits of the compressed form. The
-// tiled kernel reads a panel's column block as one contiguous run, the
-// row-streaming kernel finds rows 2–4 of a panel in cache after the first.
+// tiled kernel reads a panel's column block as one contiguous run and finds
+// each of the panel's rows at a fixed offset from the panel's two pointers;
+// the row-streaming kernel reads a panel's rows together.
 // A row's last chunk may be partial (zero padded); rows past the end of the
 // matrix are zero. Other patterns: rows of values (stride vstride) and each
 // value's absolute column as int32 in `cols` (same stride). See nm.cc.

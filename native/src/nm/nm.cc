@@ -6,13 +6,15 @@
 // bytes to the memory-bound decode case and loads to the load-bound prefill
 // case) but changes the order, for the way the kernels walk W:
 //  - tuned patterns: panels of 4 rows whose chunks of 8 values interleave
-//    (sparsekit/nm.h, PackedNm). The tiled kernel works on 4 rows and a block
-//    of columns at a time; in the row-major form that is 8 short runs (values
-//    and index bytes of 4 rows) 8 KB or more apart, too short for the
-//    hardware prefetcher, and measured to cost the tile about half its speed
-//    against the same tile on cached data; interleaved, it is one contiguous
-//    run. The row-streaming kernel (1–4 tokens) reads a panel row by row and
-//    finds rows 2–4 in cache.
+//    (sparsekit/nm.h, PackedNm). The tiled kernel works on up to 4 rows of a
+//    panel and a block of columns at a time; in the row-major form that is 8
+//    short runs (values and index bytes of 4 rows) 8 KB or more apart, too
+//    short for the hardware prefetcher, and measured to cost the tile about
+//    half its speed against the same tile on cached data; interleaved, it is
+//    one contiguous run (prefetched ahead by the tile itself), and every row
+//    of the panel sits at a fixed offset from one values pointer and one
+//    index pointer, which keeps the tile's integer registers free. The
+//    row-streaming kernel (1–4 tokens) reads a panel's rows together.
 //  - index bytes of a chunk are padded so the kernels read them with one
 //    4-byte load; panels start on 64-byte boundaries and never a multiple of
 //    4 KB apart (cache set conflicts);

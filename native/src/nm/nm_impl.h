@@ -33,8 +33,16 @@
 //   bits (no expanded index array, no extra loads). Loads bound it: TV + 1
 //   per TV FMAs, so T is as large as the token count and L1 allow: the slice
 //   of xp for a block of KC columns (KC·T floats) stays in L1 while a block of
-//   MC rows streams past it (W prefetched two panels ahead), and each MC × T
-//   accumulator tile lives in a per-task scratch between column blocks.
+//   MC rows streams past it, and each MC × T accumulator tile lives in a
+//   per-task scratch between column blocks. Tuned patterns run the panel tile
+//   (nm_panel_tile): its R rows (R | 4) lie in one packed panel, so it walks
+//   one values pointer and one index pointer whatever R is; each value's x
+//   row offset is one rotate and one mask of the chunk's pre-shifted index
+//   word (T·4 bytes is a power of two: TV ∈ {1, 2, 4, 8}); and it prefetches
+//   the panel two ahead in the task's walk one chunk per chunk it computes, so
+//   W streams at a steady rate (one burst of prefetches per panel left the
+//   tile waiting on memory: ~15% of the 16-token time). R × TV: 4 × 1 (two
+//   chains per row), 4 × 2, 2 × 4, 1 × 8.
 //
 // Every output element is one chain of FMAs over its row's kept values in
 // column order (kernel B; narrow tiles split it into two chains, even and odd
