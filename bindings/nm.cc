@@ -265,7 +265,11 @@ Napi::Value PrepackNM(const Napi::CallbackInfo& info) {
   return PackedNmHandle::Wrap(env, std::move(packed), DescribePackedNm);
 }
 
-// W as a packed handle, or an N:M object validated now and packed in the kernel closure.
+// W as a packed handle, or an N:M object validated now (so the async variant
+// throws at the call, like the sync one) and packed in the kernel closure.
+// pack_nm validates its private copy of the indices once more: the caller's
+// arrays stay writable from JS until an async call settles, and the kernels
+// must only ever see checked indices.
 struct WeightArg {
   std::shared_ptr<PackedNm> packed;
   NmArg parts;

@@ -29,11 +29,12 @@
  * count. Pass `prepackNM(W)` (or `W.prepack()`) to skip validating and copying
  * W on every call. What the kernels read (see native/src/nm/nm_impl.h):
  *
- * - decode (tokens ≤ 2): W is streamed once, values and packed index bits as
- *   stored — for 2:4 fp32 that is 4 + 0.25 bytes per kept value, 0.53× the
- *   dense weight (`PackedNMLinear.bytesPerCall`); 8 indices are decoded per
- *   vector and the matching x values gathered from the few 8-column windows a
- *   group of 8 values spans;
+ * - decode (1 token; up to 4 for 1:2, 2:4, 4:8 and 2 for 1:4, 2:8): W is
+ *   streamed once, values and packed index bits as stored — for 2:4 fp32 that
+ *   is 4 + 0.25 bytes per kept value, 0.53× the dense weight
+ *   (`PackedNMLinear.bytesPerCall`); 8 indices are decoded per vector and the
+ *   matching x values gathered from the few 8-column windows a group of 8
+ *   values spans;
  * - prefill (more tokens): x is packed per call into token tiles transposed to
  *   `[in][T]`, and every kept weight (v, c) does a broadcast-FMA of v with row
  *   c of that tile into a register tile of outputs — only kept weights are
@@ -265,10 +266,11 @@ export interface NMLinearOptions {
 }
 
 /**
- * Validates and copies `W` once into the layout the N:M kernels read (rows of
- * values 64-byte aligned, index bits padded for one-load chunk decoding), for
- * the instruction set active now. Pass the result to `nmLinear` /
- * `nmLinearTransposed` instead of `W`.
+ * Validates and copies `W` once into the layout the N:M kernels read, for the
+ * instruction set active now: the same values and packed index bits, but in
+ * panels of 4 rows whose chunks of 8 values (and their index bytes)
+ * interleave, so the kernels stream a panel as one contiguous run. Pass the
+ * result to `nmLinear` / `nmLinearTransposed` instead of `W`.
  */
 export function prepackNM(W: NMSparseMatrix | NMParts): PackedNMLinear {
   return native.prepackNM(W);

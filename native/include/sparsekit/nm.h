@@ -97,17 +97,29 @@ struct NmKernels {
 const NmKernels* nm_kernels(Isa isa);
 bool nm_is_tuned(int n, int m);
 
-// The packed weight: rows of values (row stride vstride floats, 64-byte
-// aligned, zero padded) and, for tuned patterns, the packed index bits exactly
-// as stored (row stride mstride bytes, padded so a 4-byte load at any chunk of
-// 8 values stays inside the row); for other patterns each value's absolute
-// column as int32 (cols, row stride vstride). See nm.cc for why.
+// Rows per panel of the packed layout (see PackedNm).
+constexpr int kNmPanelRows = 4;
+
+// The packed weight. Tuned patterns: panels of kNmPanelRows rows whose chunks
+// (8 kept values and their B index bytes) interleave — panel p holds, for
+// chunk c = 0, 1, …, the 4 rows' 8 values (128 bytes) in `values`
+// [p·vstride + c·32 + row·8] and their index bytes in `meta`
+// [p·mstride + c·4·B + row·B], exactly the bits of the compressed form. The
+// tiled kernel reads a panel's column block as one contiguous run and finds
+// each of the panel's rows at a fixed offset from the panel's two pointers;
+// the row-streaming kernel reads a panel's rows together.
+// A row's last chunk may be partial (zero padded); rows past the end of the
+// matrix are zero. Other patterns: rows of values (stride vstride) and each
+// value's absolute column as int32 in `cols` (same stride). See nm.cc.
 struct PackedNm {
   const NmKernels* kernels = nullptr;
   NmShape shape;
   bool tuned = false;
   int bits = 0;
-  int64_t kept = 0, vstride = 0, mstride = 0;
+  int64_t kept = 0;
+  int64_t chunks = 0;            // ceil(kept / 8), the last one possibly partial
+  int64_t vstride = 0;           // floats per panel (tuned) or per row (generic)
+  int64_t mstride = 0;           // index bytes per panel (tuned)
   AlignedBuffer<float> values;
   AlignedBuffer<uint8_t> meta;
   AlignedBuffer<int32_t> cols;

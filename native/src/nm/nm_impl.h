@@ -14,14 +14,16 @@
 //
 // * Row-streaming (decode: m ≤ 4 for groups that span 2 windows of 8
 //   columns per chunk — 1:2, 2:4, 4:8 —, m ≤ 2 for 4 windows — 1:4, 2:8 —,
-//   m = 1 for 1:8 and untuned patterns up to m = 2): memory-bound, so it reads
-//   W once, in order, prefetching ahead, and spends little per value. A chunk
-//   of 8 kept values has its 8 indices in one small word; they are decoded in a
-//   vector register (shift, mask, add the group offsets) and the 8 matching x
-//   values are gathered from the few 8-column windows of x the chunk spans
-//   (AVX2: one vpermps per window and fixed blends; hardware gather when each
-//   value has its own window, 1:8), then one FMA with the 8 values. Sums stay
-//   in lanes and are reduced once per row.
+//   m = 1 for 1:8; untuned patterns up to m = 2): memory-bound, so it reads W
+//   once, in order, prefetching ahead, and spends little per value. It takes
+//   the rows of a packed panel together (4 rows up to 2 tokens, 2 rows
+//   beyond), so the panel streams once and the rows share each chunk's x
+//   windows. A chunk of 8 kept values has its 8 indices in one small word;
+//   they are decoded in a vector register (shift, mask, add the group
+//   offsets) and the 8 matching x values are gathered from the few 8-column
+//   windows of x the chunk spans (AVX2: one vpermps per window and fixed
+//   blends; hardware gather when each value has its own window, 1:8), then
+//   one FMA with the 8 values. Sums stay in lanes and are reduced once per row.
 //
 // * Gather-FMA tiles (more tokens, prefill/training): x is packed per call
 //   into token tiles transposed to [cols][T] (T = TV vectors of tokens), so
@@ -31,8 +33,16 @@
 //   bits (no expanded index array, no extra loads). Loads bound it: TV + 1
 //   per TV FMAs, so T is as large as the token count and L1 allow: the slice
 //   of xp for a block of KC columns (KC·T floats) stays in L1 while a block of
-//   MC rows streams past it (W prefetched two panels ahead), and each MC × T
-//   accumulator tile lives in a per-task scratch between column blocks.
+//   MC rows streams past it, and each MC × T accumulator tile lives in a
+//   per-task scratch between column blocks. Tuned patterns run the panel tile
+//   (nm_panel_tile): its R rows (R | 4) lie in one packed panel, so it walks
+//   one values pointer and one index pointer whatever R is; each value's x
+//   row offset is one rotate and one mask of the chunk's pre-shifted index
+//   word (T·4 bytes is a power of two: TV ∈ {1, 2, 4, 8}); and it prefetches
+//   the panel two ahead in the task's walk one chunk per chunk it computes, so
+//   W streams at a steady rate (one burst of prefetches per panel left the
+//   tile waiting on memory: ~15% of the 16-token time). R × TV: 4 × 1 (two
+//   chains per row), 4 × 2, 2 × 4, 1 × 8.
 //
 // Every output element is one chain of FMAs over its row's kept values in
 // column order (kernel B; narrow tiles split it into two chains, even and odd
@@ -75,30 +85,31 @@ struct TunedPattern {
   static constexpr int kN = N, kM = M;
   static constexpr int B = nm_bits_of(M);
   static constexpr int CC = 8 / N * M;  // columns one chunk spans
+  static constexpr int PR = kNmPanelRows;
   static_assert(8 % N == 0 && (M == 2 || M == 4 || M == 8), "tuned patterns need N | 8 and M in {2, 4, 8}");
+  // A row inside its panel: chunk c of the row is 8 values at v + c·PR·8 and
+  // B index bytes at meta + c·PR·B (the panel's rows interleave chunk by chunk).
   struct Row {
     const float* v;
     const uint8_t* meta;
   };
   static SK_INLINE Row row(const PackedNm& w, int64_t r) {
-    return {w.values.data() + r * w.vstride, w.meta.data() + r * w.mstride};
+    return {w.values.data() + (r / PR) * w.vstride + (r % PR) * 8, w.meta.data() + (r / PR) * w.mstride + (r % PR) * B};
   }
-  static SK_INLINE const uint8_t* meta_ptr(const Row& r) { return r.meta; }
-  // The chunk's B bytes (and up to 3 more, inside the padded row) in one load.
+  static SK_INLINE const float* chunk_values(const Row& r, int64_t c) { return r.v + c * (PR * 8); }
+  static SK_INLINE const float* value(const Row& r, int64_t j) { return r.v + (j >> 3) * (PR * 8) + (j & 7); }
+  static SK_INLINE const uint8_t* chunk_meta(const Row& r, int64_t c) { return r.meta + c * (PR * B); }
+  // The chunk's B bytes (and up to 3 more, inside the padded panel) in one load.
   static SK_INLINE uint32_t word(const Row& r, int64_t c) {
     uint32_t x;
-    std::memcpy(&x, r.meta + c * B, 4);
+    std::memcpy(&x, chunk_meta(r, c), 4);
     return x;
   }
   static SK_INLINE int64_t col(const Row&, int64_t c, uint32_t word, int l) {
     return c * CC + (l / N) * M + ((word >> (l * B)) & (M - 1));
   }
-  // Any value (the tail past the last full chunk): 16-bit read, inside the padding.
-  static SK_INLINE int64_t col_of(const Row& r, int64_t j) {
-    int64_t p = j * B;
-    uint32_t x = uint32_t(r.meta[p >> 3]) | (uint32_t(r.meta[(p >> 3) + 1]) << 8);
-    return (j / N) * M + ((x >> (p & 7)) & (M - 1));
-  }
+  // Any value, e.g. the tail past the last full chunk (its chunk is stored whole).
+  static SK_INLINE int64_t col_of(const Row& r, int64_t j) { return col(r, j >> 3, word(r, j >> 3), int(j & 7)); }
   // Columns a chunk spans: for blocking heuristics.
   static int64_t chunk_cols(const NmShape&) { return CC; }
 };
@@ -113,6 +124,8 @@ struct GenericPattern {
   static SK_INLINE Row row(const PackedNm& w, int64_t r) {
     return {w.values.data() + r * w.vstride, w.cols.data() + r * w.vstride};
   }
+  static SK_INLINE const float* chunk_values(const Row& r, int64_t c) { return r.v + c * 8; }
+  static SK_INLINE const float* value(const Row& r, int64_t j) { return r.v + j; }
   static SK_INLINE uint32_t word(const Row&, int64_t) { return 0; }
   static SK_INLINE int64_t col(const Row& r, int64_t c, uint32_t, int l) { return r.cols[c * 8 + l]; }
   static SK_INLINE int64_t col_of(const Row& r, int64_t j) { return r.cols[j]; }
@@ -135,17 +148,21 @@ SK_INLINE void nm_for_values(const typename P::Row& row, int64_t j0, int64_t j1,
 
 // ---- kernel A: row-streaming dot products for m ≤ 2 ---------------------------
 
-// Portable: 8 lane sums per token, kept in an array the compiler can vectorise.
+// Portable: 8 lane sums per token, kept in an array the compiler can
+// vectorise; RG rows one after the other.
 template <class V>
 struct NmSmall {
-  static constexpr bool kHasFastGather = false;
+  template <class P, int RG, int TOK>
+  static void dot(const typename P::Row* rows, int64_t kept, const float* x, int64_t ldx, float* out) {
+    for (int r = 0; r < RG; ++r) dot1<P, TOK>(rows[r], kept, x, ldx, out + r * TOK);
+  }
   template <class P, int TOK>
-  static void dot(const typename P::Row& row, int64_t kept, const float* x, int64_t ldx, float* out) {
+  static void dot1(const typename P::Row& row, int64_t kept, const float* x, int64_t ldx, float* out) {
     float acc[TOK][8] = {};
     const int64_t chunks = kept / 8;
     for (int64_t c = 0; c < chunks; ++c) {
       uint32_t w = P::word(row, c);
-      const float* v = row.v + c * 8;
+      const float* v = P::chunk_values(row, c);
       for (int l = 0; l < 8; ++l) {
         int64_t col = P::col(row, c, w, l);
         for (int t = 0; t < TOK; ++t) acc[t][l] += v[l] * x[t * ldx + col];
@@ -153,7 +170,7 @@ struct NmSmall {
     }
     for (int t = 0; t < TOK; ++t) {
       float s = ((acc[t][0] + acc[t][1]) + (acc[t][2] + acc[t][3])) + ((acc[t][4] + acc[t][5]) + (acc[t][6] + acc[t][7]));
-      for (int64_t j = chunks * 8; j < kept; ++j) s += row.v[j] * x[t * ldx + P::col_of(row, j)];
+      for (int64_t j = chunks * 8; j < kept; ++j) s += *P::value(row, j) * x[t * ldx + P::col_of(row, j)];
       out[t] = s;
     }
   }
@@ -162,10 +179,12 @@ struct NmSmall {
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 (also used by the AVX-512 build: 8 values per chunk fit a ymm).
 struct NmSmallYmm {
-  template <class P, int TOK>
-  static void dot(const typename P::Row& row, int64_t kept, const float* x, int64_t ldx, float* out) {
+  // RG rows of one panel together: they stream W once, in order, and share
+  // the x windows of each chunk.
+  template <class P, int RG, int TOK>
+  static void dot(const typename P::Row* rows, int64_t kept, const float* x, int64_t ldx, float* out) {
     if constexpr (!P::kTuned) {
-      NmSmall<ScalarVec>::template dot<P, TOK>(row, kept, x, ldx, out);
+      NmSmall<ScalarVec>::template dot<P, RG, TOK>(rows, kept, x, ldx, out);
     } else {
       constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC, WIN = CC / 8;
       const __m256i shifts = _mm256_setr_epi32(0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B);
@@ -190,35 +209,36 @@ struct NmSmallYmm {
           return _mm256_i32gather_ps(xc, idx, 4);  // one window per lane: a real gather is cheaper
         }
       };
-      __m256 acc0[TOK], acc1[TOK];
-      for (int t = 0; t < TOK; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
+      __m256 acc[RG][TOK];
+      for (int r = 0; r < RG; ++r)
+        for (int t = 0; t < TOK; ++t) acc[r][t] = _mm256_setzero_ps();
       const int64_t chunks = kept / 8;
-      auto step = [&](int64_t c, __m256* acc) {
-        __m256i idx = _mm256_add_epi32(
-            _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(P::word(row, c))), shifts), lowmask), base);
-        __m256 v = _mm256_loadu_ps(row.v + c * 8);
-        for (int t = 0; t < TOK; ++t) acc[t] = _mm256_fmadd_ps(v, gather(x + t * ldx + c * CC, idx), acc[t]);
-      };
-      int64_t c = 0;
-      // W streams from memory once: prefetch ~3 KB ahead in both streams; the
-      // hardware prefetcher alone leaves this loop short of the bandwidth the
-      // dense kernel reaches (measured: 1.2× → 1.6-1.7× over dense, 2:4, 1 token).
-      constexpr int64_t kAhead = 768;
-      // Two accumulator sets: FMA latency, not the loads, would bound one chain.
-      for (; c + 2 <= chunks; c += 2) {
-        __builtin_prefetch(row.v + c * 8 + kAhead);
-        if ((c & 7) == 0) __builtin_prefetch(P::meta_ptr(row) + c * P::B + kAhead * P::B / 8);
-        step(c, acc0);
-        step(c + 1, acc1);
+      // W streams from memory once: prefetch ~3 KB of the panel ahead; the
+      // hardware prefetcher alone leaves this loop well short of the
+      // bandwidth the dense kernel reaches.
+      constexpr int64_t kAheadChunks = 24;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const char* ahead = reinterpret_cast<const char*>(P::chunk_values(rows[0], c + kAheadChunks));
+        __builtin_prefetch(ahead);
+        __builtin_prefetch(ahead + 64);
+        if ((c & 7) == 0) __builtin_prefetch(P::chunk_meta(rows[0], c + kAheadChunks));
+#pragma GCC unroll 4
+        for (int r = 0; r < RG; ++r) {
+          __m256i idx = _mm256_add_epi32(
+              _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(P::word(rows[r], c))), shifts), lowmask), base);
+          __m256 v = _mm256_loadu_ps(P::chunk_values(rows[r], c));
+#pragma GCC unroll 4
+          for (int t = 0; t < TOK; ++t) acc[r][t] = _mm256_fmadd_ps(v, gather(x + t * ldx + c * CC, idx), acc[r][t]);
+        }
       }
-      if (c < chunks) step(c, acc0);
-      for (int t = 0; t < TOK; ++t) {
-        alignas(32) float l[8];
-        _mm256_store_ps(l, _mm256_add_ps(acc0[t], acc1[t]));
-        float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-        for (int64_t j = chunks * 8; j < kept; ++j) s += row.v[j] * x[t * ldx + P::col_of(row, j)];
-        out[t] = s;
-      }
+      for (int r = 0; r < RG; ++r)
+        for (int t = 0; t < TOK; ++t) {
+          alignas(32) float l[8];
+          _mm256_store_ps(l, acc[r][t]);
+          float s = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+          for (int64_t j = chunks * 8; j < kept; ++j) s += *P::value(rows[r], j) * x[t * ldx + P::col_of(rows[r], j)];
+          out[r * TOK + t] = s;
+        }
     }
   }
 };
@@ -259,7 +279,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const float* xr = xp + P::col(rows[r], c, word[r], l) * TT;
-        T b = V::bcast(rows[r].v + c * 8 + l);
+        T b = V::bcast(P::chunk_values(rows[r], c) + l);
 #pragma GCC unroll 16
         for (int v = 0; v < TV; ++v) acc[l % S][r][v] = V::fma(b, V::load(xr + v * W), acc[l % S][r][v]);
       }
@@ -269,7 +289,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float* xr = xp + P::col_of(rows[r], j) * TT;
-      T b = V::bcast(rows[r].v + j);
+      T b = V::bcast(P::value(rows[r], j));
 #pragma GCC unroll 16
       for (int v = 0; v < TV; ++v) acc[0][r][v] = V::fma(b, V::load(xr + v * W), acc[0][r][v]);
     }
@@ -278,6 +298,75 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int v = 0; v < TV; ++v) V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
+}
+
+// Tuned patterns: the same tile over R consecutive rows of one packed panel
+// (q + R ≤ kNmPanelRows for the first row q), full chunks only. The panel
+// layout puts every row's chunk c at a fixed offset from one values pointer
+// and one index pointer, so the tile needs two pointers and the x block
+// pointer whatever R is. Index decoding is a shift and a mask per value: the
+// chunk's index word is pre-shifted so that (word >> l·B) & ((M−1) << SH) is
+// already the byte offset idx · TT · 4 of the x row when TT · 4 = 2^SH (the
+// group's first column is an immediate displacement); other widths multiply.
+//   pv: values of chunk 0 of row q; pm: its index bytes; xc: x rows of the
+//   first column of chunk 0; nc chunks.
+template <class V, class P, int R, int TV, int S>
+__attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm, int64_t nc, const float* __restrict xc_f,
+                                             float* __restrict acc_io, bool load, const char* pfv, const char* pfm) {
+  using T = typename V::T;
+  constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC, PR = P::PR, W = V::W, TT = TV * W;
+  constexpr bool kPow2 = ((TT * 4) & (TT * 4 - 1)) == 0;
+  constexpr int SH = __builtin_ctz(unsigned(TT * 4));
+  static_assert(R <= PR, "a panel tile stays inside one panel");
+  const char* xc = reinterpret_cast<const char*>(xc_f);
+  T acc[S][R][TV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      acc[0][r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
+      if (S > 1) acc[S - 1][r][v] = V::zero();
+    }
+  for (int64_t c = 0; c < nc; ++c) {
+    if (pfv) {
+      __builtin_prefetch(pfv + c * (PR * 32));
+      __builtin_prefetch(pfv + c * (PR * 32) + 64);
+      __builtin_prefetch(pfm + c * (PR * B));
+    }
+    uint64_t word[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      uint32_t x;
+      std::memcpy(&x, pm + r * B, 4);  // B bytes (and up to 3 more inside the padded panel)
+      word[r] = kPow2 ? uint64_t(x) << SH : uint64_t(x);
+    }
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; ++l) {
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        uint64_t off;
+        if constexpr (kPow2) {
+          // a rotate (not a shift) lets the compiler keep the word and use one non-destructive op
+          const uint64_t rot = l == 0 ? word[r] : (word[r] >> (l * B)) | (word[r] << ((64 - l * B) & 63));
+          off = rot & (uint64_t(M - 1) << SH);
+        } else {
+          off = ((word[r] >> (l * B)) & (M - 1)) * uint64_t(TT * 4);
+        }
+        const float* xr = reinterpret_cast<const float*>(xc + (l / N) * M * TT * 4 + off);
+        T b = V::bcast(pv + r * 8 + l);
+#pragma GCC unroll 16
+        for (int v = 0; v < TV; ++v) acc[l % S][r][v] = V::fma(b, V::load(xr + v * W), acc[l % S][r][v]);
+      }
+    }
+    pv += PR * 8;
+    pm += PR * B;
+    xc += CC * TT * 4;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v)
+      V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
 }
 
 // dst[tile][k][TT] = src[tile·TT + t][k] (zero past m): token tiles transposed
@@ -304,18 +393,25 @@ struct NmDriver {
   using V = typename Cfg::V;
   static constexpr int W = V::W;
   static constexpr int64_t kMC = 96;  // rows per block: a multiple of every R below (4, 3, 2, 1)
+  static constexpr int64_t kNmPfPanels = 2;  // tuned tiles prefetch W this many panels ahead
 
   // ---- forward
 
   template <class P, int TOK>
   static void run_small(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
+    // Rows in groups inside a panel (64 is a multiple of the panel height).
+    constexpr int RG = TOK <= 2 ? kNmPanelRows : kNmPanelRows / 2;
     const int64_t rows = w.shape.rows, K = w.shape.cols, rb = 64;
     ThreadPool::instance().parallel_for(nm_cdiv(rows, rb), [&](int64_t task, int) {
       int64_t r0 = task * rb, r1 = nm_min(rows, r0 + rb);
-      for (int64_t r = r0; r < r1; ++r) {
-        float s[TOK];
-        NmSmall<V>::template dot<P, TOK>(P::row(w, r), w.kept, x, K, s);
-        for (int t = 0; t < TOK; ++t) y[t * rows + r] = s[t];
+      for (int64_t r = r0; r < r1; r += RG) {
+        typename P::Row rr[RG];
+        // A partial group repeats its last row; the extra results are dropped.
+        for (int i = 0; i < RG; ++i) rr[i] = P::row(w, nm_min(r + i, r1 - 1));
+        float s[RG * TOK];
+        NmSmall<V>::template dot<P, RG, TOK>(rr, w.kept, x, K, s);
+        for (int i = 0; i < RG && r + i < r1; ++i)
+          for (int t = 0; t < TOK; ++t) y[t * rows + r + i] = s[i * TOK + t];
       }
       for (int t = 0; t < TOK; ++t) sk_epilogue_row(y + t * rows + r0, bias ? bias + r0 : nullptr, r1 - r0, act);
     });
@@ -341,16 +437,27 @@ struct NmDriver {
     }
   };
 
-  // Values [8·c0, j1) and their index data of rows [r0, r1), into cache.
+  // Values [8·c0, j1) and their index data of rows [r0, r1), into L2. For
+  // tuned patterns a panel's rows interleave, so this is one contiguous run
+  // per panel.
   template <class P>
   static SK_INLINE void prefetch_rows(const PackedNm& w, int64_t r0, int64_t r1, int64_t c0, int64_t j1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const char* v = reinterpret_cast<const char*>(w.values.data() + r * w.vstride);
-      for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(v + b, 0, 2);
-      if constexpr (P::kTuned) {
-        const char* mt = reinterpret_cast<const char*>(w.meta.data() + r * w.mstride);
-        for (int64_t b = (c0 * P::B) & ~int64_t(63); b < (j1 * P::B + 7) / 8; b += 64) __builtin_prefetch(mt + b, 0, 2);
-      } else {
+    if (r0 >= r1) return;
+    if constexpr (P::kTuned) {
+      const int64_t c1 = nm_cdiv(j1, 8);
+      for (int64_t pr = r0 / P::PR; pr <= (r1 - 1) / P::PR; ++pr) {
+        typename P::Row row = P::row(w, pr * P::PR);
+        const char* v0 = reinterpret_cast<const char*>(P::chunk_values(row, c0));
+        const char* v1 = reinterpret_cast<const char*>(P::chunk_values(row, c1));
+        for (const char* b = v0; b < v1; b += 64) __builtin_prefetch(b, 0, 2);
+        const char* m0 = reinterpret_cast<const char*>(P::chunk_meta(row, c0));
+        const char* m1 = reinterpret_cast<const char*>(P::chunk_meta(row, c1));
+        for (const char* b = m0; b < m1; b += 64) __builtin_prefetch(b, 0, 2);
+      }
+    } else {
+      for (int64_t r = r0; r < r1; ++r) {
+        const char* v = reinterpret_cast<const char*>(w.values.data() + r * w.vstride);
+        for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(v + b, 0, 2);
         const char* cl = reinterpret_cast<const char*>(w.cols.data() + r * w.vstride);
         for (int64_t b = (c0 * 8 * 4) & ~int64_t(63); b < j1 * 4; b += 64) __builtin_prefetch(cl + b, 0, 2);
       }
@@ -399,13 +506,38 @@ struct NmDriver {
             typename P::Row rr[R];
             // A partial panel repeats its last row; the extra results land in unused scratch.
             for (int i = 0; i < R; ++i) rr[i] = P::row(w, nm_min(p + i, r1 - 1));
-            // W rows two panels ahead: they stream from memory once per block
-            // and the row-by-row jumps are too long for the hardware prefetcher.
-            if (tt == t0) prefetch_rows<P>(w, p + 2 * R, nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
+            // Generic patterns: W rows two tiles ahead, prefetched in one go
+            // (tuned patterns prefetch inside the tile, below): W streams from
+            // memory once per block and the row-by-row jumps are too long for
+            // the hardware prefetcher.
+            if constexpr (!P::kTuned)
+              if (tt == t0) prefetch_rows<P>(w, p + 2 * R, nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
             if (xnext)
               for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
             float* acc = scratch + ((tt - t0) * kMC + (p - r0)) * TT;
-            nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
+            if constexpr (P::kTuned) {
+              const int64_t q = p % P::PR;
+              const float* pv = w.values.data() + (p / P::PR) * w.vstride + q * 8 + c0 * (P::PR * 8);
+              const uint8_t* pm = w.meta.data() + (p / P::PR) * w.mstride + q * P::B + c0 * (P::PR * P::B);
+              // The panel kNmPfPanels ahead in this task's walk (past the end of
+              // the row block: the first panels of the next column block), one
+              // chunk per chunk computed, on the first visit to a panel. Spread
+              // this way, the prefetches keep W streaming at a steady rate; in
+              // one burst per panel they left the tile waiting on memory.
+              const char *pfv = nullptr, *pfm = nullptr;
+              if (tt == t0 && q == 0) {
+                int64_t pp = p / P::PR + kNmPfPanels, pc0 = c0;
+                if (pp * P::PR >= r1) pp -= nm_cdiv(r1 - r0, P::PR), pc0 = c1;  // wraps to row block start
+                if (pp * P::PR < r1 && pc0 < chunks) {
+                  pfv = reinterpret_cast<const char*>(w.values.data() + pp * w.vstride + pc0 * (P::PR * 8));
+                  pfm = reinterpret_cast<const char*>(w.meta.data() + pp * w.mstride + pc0 * (P::PR * P::B));
+                }
+              }
+              nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, kb > 0, pfv, pfm);
+              if (last && kept > chunks * 8) nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc, true);
+            } else {
+              nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
+            }
           }
         }
       }
@@ -428,16 +560,19 @@ struct NmDriver {
   // falls with density: a column block's xp slice must stay in L1, so sparser
   // patterns get fewer values per block, and the accumulator load/store per
   // block must stay small against the FMAs.
-  static int tile_tv(int64_t m, int n, int mm) {
+  static int tile_tv(int64_t m, int n, int mm, bool tuned) {
     const int64_t need = nm_cdiv(m, W);
-    const int tv_max = 2 * n >= mm ? 8 : 4 * n >= mm ? 6 : 4;
+    // Tuned tiles take TV = 1, 2, 4, 8 only: an x row of TV·W floats is then a
+    // power of two bytes (one shift-free decode, rows never straddle lines);
+    // 6 vectors measured ~1.5x slower per value than 4 in a full call.
+    const int tv_max = 2 * n >= mm ? 8 : 4 * n >= mm ? (tuned ? 4 : 6) : 4;
     static const int kTvs[] = {1, 2, 4, 6, 8};
     for (int tv : kTvs)
-      if (tv >= need && tv <= tv_max) return tv;
+      if (tv >= need && tv <= tv_max && !(tuned && tv == 6)) return tv;
     int best = 4;
     int64_t best_pad = nm_cdiv(need, 4) * 4;
     for (int tv : kTvs) {
-      if (tv < 4 || tv > tv_max) continue;
+      if (tv < 4 || tv > tv_max || (tuned && tv == 6)) continue;
       int64_t pad = nm_cdiv(need, tv) * tv;
       if (pad <= best_pad) best = tv, best_pad = pad;
     }
@@ -469,11 +604,16 @@ struct NmDriver {
       }
       return true;
     }
-    switch (tile_tv(m, n, mm)) {
+    switch (tile_tv(m, n, mm, P::kTuned)) {
       case 1: return run_tiled<P, 4, 1, 2>(w, x, m, bias, act, y);
       case 2: return run_tiled<P, 4, 2, 1>(w, x, m, bias, act, y);
-      case 4: return run_tiled<P, 3, 4, 1>(w, x, m, bias, act, y);
-      case 6: return run_tiled<P, 2, 6, 1>(w, x, m, bias, act, y);
+      // tuned: rows of a tile share a panel (R | 4)
+      case 4:
+        if constexpr (P::kTuned) return run_tiled<P, 2, 4, 1>(w, x, m, bias, act, y);
+        else return run_tiled<P, 3, 4, 1>(w, x, m, bias, act, y);
+      case 6:
+        if constexpr (!P::kTuned) return run_tiled<P, 2, 6, 1>(w, x, m, bias, act, y);
+        [[fallthrough]];
       default: return run_tiled<P, 1, 8, 1>(w, x, m, bias, act, y);
     }
   }
@@ -513,7 +653,7 @@ struct NmDriver {
         for (int v = 0; v < TV; ++v) d[v] = V::load(dt + o * TT + v * W);
         typename P::Row row = P::row(w, o);
         nm_for_values<P>(row, g0 * n, g1 * n, [&](int64_t j, int64_t col) {
-          T bv = V::bcast(row.v + j);
+          T bv = V::bcast(P::value(row, j));
           float* s = sc + (col - cb) * TT;
 #pragma GCC unroll 16
           for (int v = 0; v < TV; ++v) V::store(s + v * W, V::fma(bv, d[v], V::load(s + v * W)));
