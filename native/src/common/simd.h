@@ -20,6 +20,7 @@
 #endif
 
 #define SK_INLINE inline __attribute__((always_inline))
+#define SK_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace sparsekit {
 namespace {  // internal linkage: see the note above
@@ -70,57 +71,13 @@ struct NeonVec {
 };
 #endif
 
-// ---- Scalar math written so that loops over arrays auto-vectorise with the
-// file's flags (branch-free, no library calls).
-
-SK_INLINE float sk_bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
-
-// exp(x), relative error ~2e-7 over the clamped range (Cephes-style range
-// reduction x = n·ln2 + r and a degree-6 polynomial for exp(r)).
-SK_INLINE float sk_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  float fx = x * 1.44269504088896341f;
-  // round to nearest without a library call: add and subtract 1.5·2^23
-  const float magic = 12582912.0f;
-  float n = (fx + magic) - magic;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  return p * sk_bits_to_float(e);
-}
-
-// erfc(z), fractional error < 1.2e-7 everywhere (Numerical Recipes' Chebyshev fit).
-SK_INLINE float sk_erfc(float z) {
-  float az = z < 0.f ? -z : z;
-  float t = 1.0f / (1.0f + 0.5f * az);
-  float p = 0.17087277f;
-  p = p * t - 0.82215223f;
-  p = p * t + 1.48851587f;
-  p = p * t - 1.13520398f;
-  p = p * t + 0.27886807f;
-  p = p * t - 0.18628806f;
-  p = p * t + 0.09678418f;
-  p = p * t + 0.37409196f;
-  p = p * t + 1.00002368f;
-  p = p * t - 1.26551223f;
-  float ans = t * sk_exp(-az * az + p);
-  return z >= 0.f ? ans : 2.0f - ans;
-}
-
-// ---- The same math on GCC vector-extension values of kSkLanes floats, which
-// each ISA file's flags lower to its own registers (AVX2 ymm, AVX-512 zmm,
-// NEON q, SSE2 pairs in the baseline build). The scalar loops above do not
-// auto-vectorise: GCC threads the clamps into branches and will not if-convert
-// the float→int conversion without -fno-trapping-math, which left every fused
-// activation scalar (~25 cycles per value for GELU/SiLU).
+// ---- Elementwise math on GCC vector-extension values of kSkLanes floats,
+// which each ISA file's flags lower to its own registers (AVX2 ymm, AVX-512
+// zmm, NEON q, SSE2 pairs in the baseline build). Scalar loops over the same
+// formulas did not auto-vectorise: GCC threads the clamps into branches and
+// will not if-convert the float→int conversion without -fno-trapping-math,
+// which left every fused activation scalar (~25 cycles per value for
+// GELU/SiLU).
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector values only pass between always-inline functions
 
@@ -144,7 +101,9 @@ SK_INLINE F sk_vsplat(float a) {
   return F{} + a;
 }
 
-// sk_exp on every lane (same algorithm and constants).
+// exp(x) on every lane, relative error ~2e-7 over the clamped range
+// [−87, 88] (Cephes-style range reduction x = n·ln2 + r and a degree-6
+// polynomial for exp(r)).
 template <class F, class I>
 SK_INLINE F sk_vexp(F x) {
   const F lo = sk_vsplat<F>(-87.0f), hi = sk_vsplat<F>(88.0f);
@@ -165,7 +124,8 @@ SK_INLINE F sk_vexp(F x) {
   return p * (F)e;  // bit cast, as for any two vector types of one size
 }
 
-// sk_erfc on every lane.
+// erfc(z) on every lane, fractional error < 1.2e-7 everywhere (Numerical
+// Recipes' Chebyshev fit).
 template <class F, class I>
 SK_INLINE F sk_verfc(F z) {
   F az = z < 0.f ? -z : z;

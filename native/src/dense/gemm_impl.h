@@ -109,24 +109,7 @@ __attribute__((noinline)) void gemm_ukernel_stream(int64_t k, const float* __res
   for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < NRV; ++j) acc[i][j] = V::zero();
-  int64_t kk = 0;
-  // 64-byte lines: NR floats per kk, so one prefetch per 16/NR steps.
-  constexpr int STEP = NR >= 16 ? 1 : 16 / NR;
-  for (; kk + STEP <= k; kk += STEP) {
-    __builtin_prefetch(b + PF, 0, 0);
-#pragma GCC unroll 4
-    for (int s = 0; s < STEP; ++s) {
-#pragma GCC unroll 8
-      for (int j = 0; j < NRV; ++j) {
-        T bv = V::load(b + j * V::W);
-#pragma GCC unroll 16
-        for (int i = 0; i < ROWS; ++i) acc[i][j] = V::fma(V::bcast(a + i), bv, acc[i][j]);
-      }
-      a += MR_STEP;
-      b += NR;
-    }
-  }
-  for (; kk < k; ++kk) {
+  auto step = [&]() SK_INLINE_LAMBDA {
 #pragma GCC unroll 8
     for (int j = 0; j < NRV; ++j) {
       T bv = V::load(b + j * V::W);
@@ -135,7 +118,16 @@ __attribute__((noinline)) void gemm_ukernel_stream(int64_t k, const float* __res
     }
     a += MR_STEP;
     b += NR;
+  };
+  int64_t kk = 0;
+  // 64-byte lines: NR floats per kk, so one prefetch per 16/NR steps.
+  constexpr int STEP = NR >= 16 ? 1 : 16 / NR;
+  for (; kk + STEP <= k; kk += STEP) {
+    __builtin_prefetch(b + PF, 0, 0);
+#pragma GCC unroll 4
+    for (int s = 0; s < STEP; ++s) step();
   }
+  for (; kk < k; ++kk) step();
 #pragma GCC unroll 16
   for (int i = 0; i < ROWS; ++i)
 #pragma GCC unroll 8
@@ -237,6 +229,18 @@ struct Gemm {
   }
   static StreamKernel stream_kernel_for_rows(int rows) {
     return stream_table(std::make_integer_sequence<int, MR>{})[rows - 1];
+  }
+  // c[rows, cols] = a · b over all of k with the streaming kernel; a right-edge
+  // panel (cols < NR) goes through the scratch tile.
+  static SK_INLINE void run_stream(StreamKernel sk, int rows, int64_t cols, int64_t k, const float* a, const float* b,
+                                   float* c, int64_t ldc, float* tmp) {
+    if (cols == NR) {
+      sk(k, a, b, c, ldc);
+      return;
+    }
+    sk(k, a, b, tmp, NR);
+    for (int i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j) c[i * ldc + j] = tmp[i * NR + j];
   }
 
   static void pack_w(const float* w, int64_t n, int64_t k, int64_t p0, int64_t p1, float* out) {
@@ -341,13 +345,7 @@ struct Gemm {
       for (int64_t jr = j0; jr < j1; jr += NR) {
         int64_t cols = sk_min64(NR, n - jr);
         float* c = y + i0 * n + jr;
-        if (cols == NR) {
-          sk(k, a, wp + (jr / NR) * k * NR, c, n);
-        } else {
-          sk(k, a, wp + (jr / NR) * k * NR, tmp, NR);
-          for (int i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j) c[i * n + j] = tmp[i * NR + j];
-        }
+        run_stream(sk, rows, cols, k, a, wp + (jr / NR) * k * NR, c, n, tmp);
         if (bias || act != Activation::kNone)
           for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, cols, act);
       }
@@ -389,18 +387,9 @@ struct Gemm {
         int64_t boff = (jr / NR) * k * NR;
         float* c1 = h + i0 * n + jr;
         float* c3 = gate_scratch + (jr - j0);
-        if (cols == NR) {
-          sk(k, a, w1p + boff, c1, n);
-        } else {
-          sk(k, a, w1p + boff, tmp, NR);
-          for (int i = 0; i < rows; ++i)
-            for (int64_t j = 0; j < cols; ++j) c1[i * n + j] = tmp[i * NR + j];
-        }
-        sk(k, a, w3p + boff, tmp, NR);
-        for (int i = 0; i < rows; ++i) {
-          for (int64_t j = 0; j < cols; ++j) c3[i * ls + j] = tmp[i * NR + j];
-          sk_gate_row(c1 + i * n, c3 + i * ls, cols, act);
-        }
+        run_stream(sk, rows, cols, k, a, w1p + boff, c1, n, tmp);
+        run_stream(sk, rows, cols, k, a, w3p + boff, c3, ls, tmp);
+        for (int i = 0; i < rows; ++i) sk_gate_row(c1 + i * n, c3 + i * ls, cols, act);
       }
       return;
     }

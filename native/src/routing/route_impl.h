@@ -7,7 +7,7 @@
 //
 // The exp/softmax/sigmoid/max rows use GCC vector extensions of LANES floats,
 // which each ISA file's flags lower to its own instructions (AVX2 ymm, AVX-512
-// zmm, NEON q, SSE2 pairs in the baseline build): the loop over sk_exp does
+// zmm, NEON q, SSE2 pairs in the baseline build), exp from simd.h: a scalar exp loop does
 // not auto-vectorise (GCC threads the clamps into constant branches and will
 // not if-convert the float→int conversion without -fno-trapping-math). Tails
 // go through the same vector code on a padded copy, and single values through
@@ -87,8 +87,8 @@ struct RouteImpl {
     for (int l = 0; l < L && i + l < n; ++l) out[i + l] = v[l];
   }
 
-  // sk_exp's algorithm (Cephes-style range reduction and degree-6 polynomial,
-  // relative error ~2e-7, clamped to [−87, 88]) on LANES values (simd.h).
+  // exp on LANES values (sk_vexp in simd.h: Cephes-style range reduction and
+  // a degree-6 polynomial, relative error ~2e-7, clamped to [−87, 88]).
   static SK_INLINE F vexp(F x) { return sk_vexp<F, I>(x); }
   static SK_INLINE F vsigmoid(F x) { return 1.0f / (1.0f + vexp(-x)); }
   static SK_INLINE float exp1(float x) { return vexp(vsplat(x))[0]; }
