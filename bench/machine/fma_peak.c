@@ -5,13 +5,7 @@
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
-#include <time.h>
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec * 1e-9;
-}
+#include "timing.h"
 
 int main(void) {
   const long iters = 200000000;

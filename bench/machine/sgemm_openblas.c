@@ -4,17 +4,7 @@
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec * 1e-9;
-}
-static int cmp(const void* a, const void* b) {
-  double x = *(const double*)a, y = *(const double*)b;
-  return x < y ? -1 : x > y;
-}
+#include "timing.h"
 
 int main(void) {
   const int shapes[][4] = {{1, 4096, 4096, 41},  {16, 4096, 4096, 21}, {128, 1024, 4096, 21},
@@ -33,9 +23,8 @@ int main(void) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.f, x, k, w, k, 0.f, y, n);
       ts[r] = now() - t0;
     }
-    qsort(ts, reps, sizeof ts[0], cmp);
-    printf("OpenBLAS sgemm %dx%dx%d: median %.2f ms, %.1f GFLOP/s\n", m, k, n, ts[reps / 2] * 1e3,
-           2.0 * m * k * n / ts[reps / 2] / 1e9);
+    double med = median(ts, reps);
+    printf("OpenBLAS sgemm %dx%dx%d: median %.2f ms, %.1f GFLOP/s\n", m, k, n, med * 1e3, 2.0 * m * k * n / med / 1e9);
     free(x);
     free(w);
     free(y);

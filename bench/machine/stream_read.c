@@ -5,17 +5,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec + t.tv_nsec * 1e-9;
-}
-static int cmp(const void* a, const void* b) {
-  double x = *(const double*)a, y = *(const double*)b;
-  return x < y ? -1 : x > y;
-}
+#include "timing.h"
 
 int main(void) {
   const long n = 64L << 20; /* floats: 256 MB */
@@ -43,9 +33,9 @@ int main(void) {
     ts[r] = now() - t0;
     total += s;
   }
-  qsort(ts, 21, sizeof ts[0], cmp);
+  double med = median(ts, 21);
   printf("streaming read, %d thread(s): median %.1f GB/s, best %.1f GB/s  [%g]\n", omp_get_max_threads(),
-         n * 4 / ts[10] / 1e9, n * 4 / ts[0] / 1e9, total);
+         n * 4 / med / 1e9, n * 4 / ts[0] / 1e9, total);
   free(a);
   return 0;
 }

@@ -242,6 +242,16 @@ struct Gemm {
     for (int i = 0; i < rows; ++i)
       for (int64_t j = 0; j < cols; ++j) c[i * ldc + j] = tmp[i * NR + j];
   }
+  // f(kernel, rows, a, jr, cols) for each W panel jr of columns [j0, j1), for
+  // the single row panel [i0, i1) (rows ≤ MR) of packed x.
+  template <class F>
+  static SK_INLINE void for_each_stream_panel(int64_t k, int64_t n, const float* xp, int64_t i0, int64_t i1, int64_t j0,
+                                              int64_t j1, F&& f) {
+    const int rows = static_cast<int>(i1 - i0);
+    StreamKernel sk = stream_kernel_for_rows(rows);
+    const float* a = xp + (i0 / MR) * k * MR;
+    for (int64_t jr = j0; jr < j1; jr += NR) f(sk, rows, a, jr, sk_min64(NR, n - jr));
+  }
 
   static void pack_w(const float* w, int64_t n, int64_t k, int64_t p0, int64_t p1, float* out) {
     pack_rows_kmajor<NR>(w, n, k, p0, p1, out);
@@ -339,16 +349,12 @@ struct Gemm {
     alignas(64) float tmp[MR * NR];
     if (i1 - i0 <= MR && kStreamPf > 0) {
       // One row panel (decode): stream each W panel once, end to end.
-      const int rows = static_cast<int>(i1 - i0);
-      StreamKernel sk = stream_kernel_for_rows(rows);
-      const float* a = xp + (i0 / MR) * k * MR;
-      for (int64_t jr = j0; jr < j1; jr += NR) {
-        int64_t cols = sk_min64(NR, n - jr);
+      for_each_stream_panel(k, n, xp, i0, i1, j0, j1, [&](StreamKernel sk, int rows, const float* a, int64_t jr, int64_t cols) {
         float* c = y + i0 * n + jr;
         run_stream(sk, rows, cols, k, a, wp + (jr / NR) * k * NR, c, n, tmp);
         if (bias || act != Activation::kNone)
           for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, cols, act);
-      }
+      });
       return;
     }
     for_each_tile(k, i0, i1, j0, j1, [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
@@ -379,18 +385,14 @@ struct Gemm {
     const int64_t ls = j1 - j0;
     if (i1 - i0 <= MR && kStreamPf > 0) {
       // One row panel (decode): stream each W1 and W3 panel once, end to end.
-      const int rows = static_cast<int>(i1 - i0);
-      StreamKernel sk = stream_kernel_for_rows(rows);
-      const float* a = xp + (i0 / MR) * k * MR;
-      for (int64_t jr = j0; jr < j1; jr += NR) {
-        int64_t cols = sk_min64(NR, n - jr);
+      for_each_stream_panel(k, n, xp, i0, i1, j0, j1, [&](StreamKernel sk, int rows, const float* a, int64_t jr, int64_t cols) {
         int64_t boff = (jr / NR) * k * NR;
         float* c1 = h + i0 * n + jr;
         float* c3 = gate_scratch + (jr - j0);
         run_stream(sk, rows, cols, k, a, w1p + boff, c1, n, tmp);
         run_stream(sk, rows, cols, k, a, w3p + boff, c3, ls, tmp);
         for (int i = 0; i < rows; ++i) sk_gate_row(c1 + i * n, c3 + i * ls, cols, act);
-      }
+      });
       return;
     }
     // Per KC slice and column panel: every row tile against the W1 micro-panel,

@@ -258,6 +258,29 @@ struct NmSmall<Avx512Vec> : NmSmallYmm {};
 #endif
 #endif
 
+// A tile's accumulators: acc[0] from acc_io (or zero), the second chain (S = 2)
+// from zero; stored back as their sum, chain 0 first.
+template <class V, int R, int TV, int S>
+SK_INLINE void nm_acc_init(typename V::T (&acc)[S][R][TV], const float* acc_io, bool load) {
+  constexpr int W = V::W, TT = TV * W;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      acc[0][r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
+      if (S > 1) acc[S - 1][r][v] = V::zero();
+    }
+}
+template <class V, int R, int TV, int S>
+SK_INLINE void nm_acc_store(typename V::T (&acc)[S][R][TV], float* acc_io) {
+  constexpr int W = V::W, TT = TV * W;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v)
+      V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
+}
+
 // ---- kernel B: gather-FMA register tile ---------------------------------------
 //
 // acc[R rows][TV vectors of tokens] (+)= Σ_j v[r][j] · xp[col(r, j)] over the
@@ -271,13 +294,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
   using T = typename V::T;
   constexpr int W = V::W, TT = TV * W;
   T acc[S][R][TV];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) {
-      acc[0][r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
-      if (S > 1) acc[S - 1][r][v] = V::zero();
-    }
+  nm_acc_init<V, R, TV, S>(acc, acc_io, load);
   for (int64_t c = c0; c < c1; ++c) {
     uint32_t word[R];
 #pragma GCC unroll 16
@@ -302,10 +319,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
       for (int v = 0; v < TV; ++v) acc[0][r][v] = V::fma(b, V::load(xr + v * W), acc[0][r][v]);
     }
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
+  nm_acc_store<V, R, TV, S>(acc, acc_io);
 }
 
 // Tuned patterns: the same tile over R consecutive rows of one packed panel
@@ -328,13 +342,7 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
   static_assert(R <= PR, "a panel tile stays inside one panel");
   const char* xc = reinterpret_cast<const char*>(xc_f);
   T acc[S][R][TV];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) {
-      acc[0][r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
-      if (S > 1) acc[S - 1][r][v] = V::zero();
-    }
+  nm_acc_init<V, R, TV, S>(acc, acc_io, load);
   for (int64_t c = 0; c < nc; ++c) {
     if (pfv) {
       __builtin_prefetch(pfv + c * (PR * 32));
@@ -370,11 +378,7 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
     pm += PR * B;
     xc += CC * TT * 4;
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v)
-      V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
+  nm_acc_store<V, R, TV, S>(acc, acc_io);
 }
 
 // dst[tile][k][TT] = src[tile·TT + t][k] (zero past m): token tiles transposed
