@@ -314,6 +314,12 @@ struct Gemm {
       for (int64_t j = 0; j < cols; ++j) c[i * ldc + j] = tmp[i * NR + j];
   }
 
+  // Whether for_each_tile walks rows [i0, i1) KC slice by KC slice (the
+  // blocked walk) rather than W panel by W panel.
+  static SK_INLINE bool slice_major(int64_t k, int64_t i0, int64_t i1) {
+    return i1 - i0 > MR && !(i1 - i0 <= Cfg::PANEL_MAJOR_ROWS && (i1 - i0) * k <= Cfg::PANEL_MAJOR_X_FLOATS);
+  }
+
   // Visits the tiles of rows [i0, i1) × columns [j0, j1), all of k, in an
   // order that keeps one W micro-panel in L1 and the x block in L2.
   // tile(ir, jr, pc, kc) computes one MR×NR tile's slice pc..pc+kc.
@@ -323,7 +329,7 @@ struct Gemm {
       // One row panel: stream each W panel through once, end to end.
       for (int64_t jr = j0; jr < j1; jr += NR)
         for (int64_t pc = 0; pc < k; pc += KC) tile(i0, jr, pc, sk_min64(KC, k - pc));
-    } else if (i1 - i0 <= Cfg::PANEL_MAJOR_ROWS && (i1 - i0) * k <= Cfg::PANEL_MAJOR_X_FLOATS) {
+    } else if (!slice_major(k, i0, i1)) {
       // A few row panels (small batches) whose whole x block fits L2: walk
       // each W panel end to end (one contiguous stream the hardware
       // prefetcher follows) instead of jumping k·NR floats between panels
@@ -340,6 +346,24 @@ struct Gemm {
           for (int64_t ir = i0; ir < i1; ir += MR) tile(ir, jr, pc, kc);
       }
     }
+  }
+
+  // In the blocked walks (KC slice outer, then W panel, then every row tile),
+  // the W micro-panel the walk needs next is fetched into L2 a share per row
+  // tile, so the first row tile on it does not wait on memory (measured ~6%
+  // of a large GEMM). next: that panel's first float; kc: its depth.
+  static SK_INLINE void prefetch_w_share(const float* next, int64_t kc, int64_t i0, int64_t i1, int64_t ir) {
+    const char* base = reinterpret_cast<const char*>(next);
+    const int64_t lines = kc * NR * 4 / 64, tiles = sk_ceil_div(i1 - i0, MR), t = (ir - i0) / MR;
+    for (int64_t l = t * lines / tiles, l1 = (t + 1) * lines / tiles; l < l1; ++l) __builtin_prefetch(base + l * 64, 0, 2);
+  }
+  // The same for the panel after (jr, pc) of packed W wp in that walk over
+  // columns [j0, j1): the next panel of the slice, or the first of the next.
+  static SK_INLINE void prefetch_next_w(const float* wp, int64_t k, int64_t j0, int64_t j1, int64_t jr, int64_t pc,
+                                        int64_t i0, int64_t i1, int64_t ir) {
+    int64_t njr = jr + NR, npc = pc;
+    if (njr >= j1) njr = j0, npc = pc + KC;
+    if (npc < k) prefetch_w_share(wp + (njr / NR) * k * NR + npc * NR, sk_min64(KC, k - npc), i0, i1, ir);
   }
 
   // One task: rows [i0, i1) × columns [j0, j1) of y = act(x·Wᵀ + bias), all of k.
@@ -369,6 +393,7 @@ struct Gemm {
           __builtin_prefetch(cn + i * n + NR - 1, 1, 3);
         }
       }
+      if (slice_major(k, i0, i1)) prefetch_next_w(wp, k, j0, j1, jr, pc, i0, i1, ir);
       run_tile(rows, cols, kc, xp + (ir / MR) * k * MR + pc * MR, wp + (jr / NR) * k * NR + pc * NR, c, n, pc > 0, tmp);
       if (pc + kc >= k && (bias || act != Activation::kNone))
         for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, cols, act);
@@ -409,6 +434,11 @@ struct Gemm {
           for (int64_t ir = i0; ir < i1; ir += MR) {
             int rows = static_cast<int>(sk_min64(MR, i1 - ir));
             const float* a = xp + (ir / MR) * k * MR + pc * MR;
+            // Next in the walk: this panel's W3 slice, then the next panel's W1 slice.
+            if (pass == 0)
+              prefetch_w_share(w3p + boff, kc, i0, i1, ir);
+            else
+              prefetch_next_w(w1p, k, j0, j1, jr, pc, i0, i1, ir);
             if (pass == 0)
               run_tile(rows, cols, kc, a, w1p + boff, h + ir * n + jr, n, pc > 0, tmp);
             else
