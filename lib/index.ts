@@ -68,8 +68,10 @@ export {
   nmLinearAsync,
   nmLinearTransposed,
   nmLinearTransposedAsync,
+  nmGroupedLinear,
+  nmGroupedLinearAsync,
 } from './nm';
-export type { NMPattern, NMParts, Cutlass24, NMLinearOptions, PackedNMLinear } from './nm';
+export type { NMPattern, NMParts, Cutlass24, NMLinearOptions, NMGroupedOptions, PackedNMLinear } from './nm';
 export { cuda, DeviceTensor, DevicePlan, DeviceBsr, DeviceNM, CudaStream, CudaUnavailableError } from './cuda';
 export { DeviceMoELayer } from './cuda_moe';
 export type { DeviceMoEForward } from './cuda_moe';

@@ -60,6 +60,12 @@ export interface NativeLinearOptions {
   out?: Float32Array | null;
 }
 
+export interface NativeNMGroupedOptions {
+  gated?: boolean;
+  activation?: ActivationName;
+  out?: Float32Array | null;
+}
+
 /** Opaque block-sparse weight packed once for the bsrLinear kernel (see prepackBsrLinear). */
 export interface PackedBsrLinear {
   readonly outFeatures: number;
@@ -177,6 +183,13 @@ export interface NativeBinding extends NativeCudaBinding {
   nmLinearAsync(x: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
   nmLinearTransposed(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Float32Tensor;
   nmLinearTransposedAsync(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
+  nmGroupedLinear(xs: Float32Tensor, expertOffsets: Int32Array, experts: readonly PackedNMLinear[], options?: NativeNMGroupedOptions): Float32Tensor;
+  nmGroupedLinearAsync(
+    xs: Float32Tensor,
+    expertOffsets: Int32Array,
+    experts: readonly PackedNMLinear[],
+    options?: NativeNMGroupedOptions,
+  ): Promise<Float32Tensor>;
 }
 
 /** Opaque native objects of the CUDA backend (see lib/cuda.ts for the typed wrappers). */

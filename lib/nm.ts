@@ -300,6 +300,52 @@ export function nmLinearAsync(
   return native.nmLinearAsync(x, W, options);
 }
 
+/** Options of {@link nmGroupedLinear}. */
+export interface NMGroupedOptions {
+  /**
+   * Gated experts (SwiGLU / GeGLU): every expert's matrix stacks its gate rows
+   * over its up rows (`[2·ffn, in]`, gate first) and the result is
+   * `act(xs·W_gateᵀ) ⊙ (xs·W_upᵀ)`, `[rows, ffn]`. Default false.
+   */
+  gated?: boolean;
+  /** Applied to each product (plain) or to the gate (gated; default 'silu'). Default 'none' when plain. */
+  activation?: ActivationName;
+  /** Preallocated result, `[rows, out]` (plain) or `[rows, out / 2]` (gated). */
+  out?: Float32Array | null;
+}
+
+/**
+ * Grouped N:M experts: for each expert e, rows `expertOffsets[e] … expertOffsets[e+1]`
+ * of `xs: [rows, in]` times `experts[e]ᵀ`, in one call that schedules the tiles
+ * of every expert across the thread pool (no per-expert barrier; empty experts
+ * cost nothing). Each expert's tokens are packed once and, when gated, shared
+ * by its gate and up products, which a task computes for the same block of
+ * rows and combines in cache. Every expert must be a `PackedNMLinear` of the
+ * same shape and pattern (`prepackNM`). Decode-sized groups (at most a few
+ * rows per expert) run the row-streaming kernel expert by expert.
+ */
+export function nmGroupedLinear(
+  xs: Float32Tensor,
+  expertOffsets: Int32Array,
+  experts: readonly PackedNMLinear[],
+  options?: NMGroupedOptions,
+): Float32Tensor {
+  return native.nmGroupedLinear(xs, expertOffsets, experts, options);
+}
+
+/**
+ * Same as {@link nmGroupedLinear}, off the event loop. Do not modify `xs` or
+ * `out` until the promise settles.
+ */
+export function nmGroupedLinearAsync(
+  xs: Float32Tensor,
+  expertOffsets: Int32Array,
+  experts: readonly PackedNMLinear[],
+  options?: NMGroupedOptions,
+): Promise<Float32Tensor> {
+  return native.nmGroupedLinearAsync(xs, expertOffsets, experts, options);
+}
+
 /**
  * `dx = dy·W` with `dy: [tokens, out]` and `W: [out, in]` N:M: `dx: [tokens, in]`
  * (the input gradient of `nmLinear` before its activation).

@@ -4,14 +4,19 @@
  * pipeline as dense experts, each expert's products on the sparse kernels.
  *
  * Gated experts keep gate and up as one `[2·ffn, d]` matrix per expert (gate
- * rows first), so each expert's tokens are read once for both products and
- * `glu` forms `act(gate) ⊙ up`. For BSR the density applies to that stacked
- * matrix: its strongest blocks are kept, wherever they fall (gate or up).
+ * rows first), so each expert's tokens are read once for both products. For
+ * BSR the density applies to that stacked matrix: its strongest blocks are
+ * kept, wherever they fall (gate or up).
+ *
+ * N:M experts run grouped: one `nmGroupedLinear` call computes every expert's
+ * gate/up product with the gating fused, one more the down product (no
+ * per-expert calls, no full intermediate of both products). BSR experts run
+ * one `bsrLinear` per expert, with `glu` between gate/up and down.
  */
 import { BlockSparseMatrix, bsrLinear, prepackBsrLinear, type PackedBsrLinear } from './bsr';
 import { combine, glu, permute, type ExpertPlan } from './experts';
 import type { ActivationName } from './native';
-import { NMSparseMatrix, nmLinear, prepackNM, type PackedNMLinear } from './nm';
+import { NMSparseMatrix, nmGroupedLinear, nmLinear, prepackNM, type PackedNMLinear } from './nm';
 import type { Float32Tensor } from './tensor';
 
 export type SparseExpertFormat =
@@ -64,6 +69,20 @@ export class SparseExperts {
     return new SparseExperts(spec, E, out, inF, packed, kept / (E * out * inF));
   }
 
+  /**
+   * Every expert at once over `xs` grouped by `expertOffsets` (N:M only; see
+   * `nmGroupedLinear`): plain `act(xs·W_eᵀ)`, or with `gated` the stacked
+   * gate/up product `act(gate) ⊙ up`.
+   */
+  grouped(
+    xs: Float32Tensor,
+    expertOffsets: Int32Array,
+    options: { gated?: boolean; activation?: ActivationName; out?: Float32Array } = {},
+  ): Float32Tensor {
+    if (this.spec.format !== 'nm') throw new TypeError('SparseExperts.grouped: only N:M experts run grouped');
+    return nmGroupedLinear(xs, expertOffsets, this.packed as PackedNMLinear[], options);
+  }
+
   /** `act(x·W_eᵀ + bias)` for one expert's rows. */
   linear(
     e: number,
@@ -97,6 +116,11 @@ export function sparseExpertsForward(
   const rows = plan.sortedSlots.length;
   if (rows === 0) return { data: new Float32Array(T * d), shape: [T, d] };
   const xs = permute(x, plan);
+  const act = options.activation ?? 'silu';
+  if (gateUp.spec.format === 'nm' && down.spec.format === 'nm') {
+    const h = gateUp.grouped(xs, plan.expertOffsets, { gated: true, activation: act });
+    return combine(down.grouped(h, plan.expertOffsets), plan);
+  }
   const ys = new Float32Array(rows * d);
   // Scratch for the largest expert's gate/up product and its GLU, reused by every expert.
   const f = down.inFeatures;
@@ -109,7 +133,7 @@ export function sparseExpertsForward(
     const r1 = plan.expertOffsets[e + 1];
     if (r1 === r0) continue;
     const xe = { data: xs.data.subarray(r0 * d, r1 * d), shape: [r1 - r0, d] };
-    const h = glu(gateUp.linear(e, xe, { out: guBuf }), { activation: options.activation ?? 'silu', out: hBuf });
+    const h = glu(gateUp.linear(e, xe, { out: guBuf }), { activation: act, out: hBuf });
     down.linear(e, h, { out: ys.subarray(r0 * d, r1 * d) });
   }
   return combine({ data: ys, shape: [rows, d] }, plan);

@@ -92,6 +92,9 @@ struct NmKernels {
   bool (*linear)(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y);
   // dx [m, cols] = dy [m, rows] · W; false when scratch memory ran out.
   bool (*linear_transposed)(const PackedNm& w, const float* dy, int64_t m, float* dx);
+  // Grouped over experts (see nm_grouped_linear); false when scratch memory ran out.
+  bool (*grouped_linear)(const PackedNm* const* w, int64_t experts, const int32_t* offsets, const float* xs,
+                         int64_t gate_rows, Activation act, float* y);
 };
 
 const NmKernels* nm_kernels(Isa isa);
@@ -145,5 +148,16 @@ struct NmLinearArgs {
 Status nm_linear_packed(const NmLinearArgs& a, const PackedNm& w);
 // dy [m, rows] → dx [m, cols]
 Status nm_linear_transposed_packed(const float* dy, int64_t m, const PackedNm& w, float* dx);
+
+// Grouped N:M experts: for each expert e, rows offsets[e] .. offsets[e+1] of
+// xs [rows, cols] times w[e]ᵀ, in one call that schedules every expert's
+// tiles across the pool. gate_rows = 0: y [rows, out] = act(xs·Wᵀ).
+// gate_rows > 0: each w[e] stacks gate rows [0, gate_rows) over up rows
+// [gate_rows, 2·gate_rows) and y [rows, gate_rows] = act(xs·Wgᵀ) ⊙ (xs·Wuᵀ)
+// (SwiGLU / GeGLU), never materialising both products. Every w[e] must have
+// the same shape and pattern and the same kernels; offsets start at 0, do not
+// decrease, and end at the row count.
+Status nm_grouped_linear(const PackedNm* const* w, int64_t experts, const int32_t* offsets, const float* xs,
+                         int64_t gate_rows, Activation act, float* y);
 
 }  // namespace sparsekit

@@ -25,6 +25,21 @@
 namespace sparsekit {
 namespace {  // internal linkage: see the note above
 
+// A heap array with internal linkage. ISA-specific files avoid std containers:
+// their inline members would be compiled with this file's -m flags and could be
+// the copy the linker keeps for every other file too.
+template <class T>
+struct LocalArray {
+  explicit LocalArray(int64_t n) : p(new T[n > 0 ? n : 1]) {}
+  ~LocalArray() { delete[] p; }
+  LocalArray(const LocalArray&) = delete;
+  LocalArray& operator=(const LocalArray&) = delete;
+  T& operator[](int64_t i) { return p[i]; }
+  const T& operator[](int64_t i) const { return p[i]; }
+  T* p;
+};
+
+
 struct ScalarVec {
   using T = float;
   static constexpr int W = 1;

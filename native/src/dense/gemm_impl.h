@@ -30,20 +30,6 @@ namespace {  // internal linkage: see simd.h
 SK_INLINE int64_t sk_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 SK_INLINE int64_t sk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// A heap array with internal linkage. ISA-specific files avoid std containers:
-// their inline members would be compiled with this file's -m flags and could be
-// the copy the linker keeps for every other file too.
-template <class T>
-struct LocalArray {
-  explicit LocalArray(int64_t n) : p(new T[n > 0 ? n : 1]) {}
-  ~LocalArray() { delete[] p; }
-  LocalArray(const LocalArray&) = delete;
-  LocalArray& operator=(const LocalArray&) = delete;
-  T& operator[](int64_t i) { return p[i]; }
-  const T& operator[](int64_t i) const { return p[i]; }
-  T* p;
-};
-
 // The inner loop of every micro-kernel: acc[MR][NRV] += a[kc][MR_STEP] · b[kc][NR]
 // (NR = NRV·W), one FMA per element per kk, in kk order. Shared by the dense
 // micro-kernel below and the block-sparse one (native/src/bsr/bsr_impl.h),

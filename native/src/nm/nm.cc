@@ -167,4 +167,27 @@ Status nm_linear_transposed_packed(const float* dy, int64_t m, const PackedNm& w
   return Status::Ok();
 }
 
+Status nm_grouped_linear(const PackedNm* const* w, int64_t experts, const int32_t* offsets, const float* xs,
+                         int64_t gate_rows, Activation act, float* y) {
+  if (experts < 1) return Status::Range("at least one expert is needed");
+  const PackedNm& w0 = *w[0];
+  for (int64_t e = 1; e < experts; ++e) {
+    const NmShape& s = w[e]->shape;
+    if (s.rows != w0.shape.rows || s.cols != w0.shape.cols || s.n != w0.shape.n || s.m != w0.shape.m)
+      return Status::Range("expert " + std::to_string(e) + " is [" + std::to_string(s.rows) + ", " + std::to_string(s.cols) +
+                           "] " + std::to_string(s.n) + ":" + std::to_string(s.m) + " but expert 0 is [" +
+                           std::to_string(w0.shape.rows) + ", " + std::to_string(w0.shape.cols) + "] " +
+                           std::to_string(w0.shape.n) + ":" + std::to_string(w0.shape.m));
+    if (w[e]->kernels != w0.kernels) return Status::Invalid("experts were packed for different instruction sets");
+  }
+  if (gate_rows < 0 || (gate_rows > 0 && 2 * gate_rows != w0.shape.rows))
+    return Status::Range("a gated call needs each expert to stack gate and up rows: out = 2 * gate_rows");
+  if (offsets[0] != 0) return Status::Range("offsets must start at 0");
+  for (int64_t e = 0; e < experts; ++e)
+    if (offsets[e + 1] < offsets[e]) return Status::Range("offsets must not decrease");
+  if (!w0.kernels->grouped_linear(w, experts, offsets, xs, gate_rows, act, y))
+    return Status::Oom("out of memory for the N:M workspace");
+  return Status::Ok();
+}
+
 }  // namespace sparsekit

@@ -10,7 +10,7 @@ struct NmCfg_avx2 {
   static constexpr int64_t kL1Floats = 6144;
 };
 using D = NmDriver<NmCfg_avx2>;
-const NmKernels kKernels = {Isa::kAvx2, "f32-nm-avx2", D::W, &D::linear, &D::linear_transposed};
+const NmKernels kKernels = {Isa::kAvx2, "f32-nm-avx2", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear};
 }  // namespace
 
 const NmKernels* nm_kernels_avx2() { return &kKernels; }

@@ -54,6 +54,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include <type_traits>
+
 #include "../common/simd.h"
 #include "nm_patterns.h"
 #include "sparsekit/memory.h"
@@ -476,23 +478,134 @@ struct NmDriver {
     }
   }
 
+  // Column blocks (in chunks) whose xp slice (columns × TT floats) fits L1.
+  template <class P, int TT>
+  static int64_t kc_chunks_of(const PackedNm& w) {
+    return nm_max(1, Cfg::kL1Floats / TT / P::chunk_cols(w.shape));
+  }
+
+  // Token tiles per task for m tokens in `tiles` tiles against `rows` output
+  // rows: bounded scratch, and enough tasks to balance the pool. The partition
+  // never changes a result, only who computes it.
+  template <int TT>
+  static int64_t tiles_per_task(int64_t tiles, int64_t rows) {
+    const int threads = ThreadPool::instance().num_threads();
+    int64_t tg = nm_max(1, nm_min(tiles, 512 / TT));
+    return nm_min(tg, nm_max(1, nm_cdiv(tiles, nm_cdiv(4 * threads, nm_cdiv(rows, kMC)))));
+  }
+
+  // One task of the tiled forward: output rows [r0, r1) (rows rbase + r of w:
+  // rbase > 0 is the up half of a stacked gate/up matrix) against token tiles
+  // [t0, t1) of xp (tiles of TT tokens, [K][TT] each), summed over all of K
+  // into scratch[(tt − t0)·kMC + (r − r0)][TT].
+  template <class P, int R, int TV, int S>
+  static void tiled_task(const PackedNm& w, int64_t rbase, const float* xp, int64_t r0, int64_t r1, int64_t t0,
+                         int64_t t1, float* scratch) {
+    constexpr int TT = TV * W;
+    const int64_t K = w.shape.cols, kept = w.kept, chunks = kept / 8;
+    const int64_t kc_chunks = kc_chunks_of<P, TT>(w);
+    const int64_t n_kb = nm_max(1, nm_cdiv(chunks, kc_chunks));
+    // The panel tile needs a tile's R rows inside one packed panel.
+    bool panel_ok = true;
+    if constexpr (P::kTuned) panel_ok = rbase % P::PR == 0;
+    for (int64_t kb = 0; kb < n_kb; ++kb) {
+      const int64_t c0 = kb * kc_chunks, c1 = nm_min(chunks, c0 + kc_chunks);
+      const bool last = kb == n_kb - 1;
+      // x columns of this block: [xc0, xc1) of every tile's xp
+      const int64_t xc0 = nm_min(K, c0 * P::chunk_cols(w.shape));
+      const int64_t xc1 = last ? K : nm_min(K, c1 * P::chunk_cols(w.shape));
+      const int64_t n_panels = nm_cdiv(r1 - r0, R);
+      for (int64_t tt = t0; tt < t1; ++tt) {
+        const float* xs = xp + tt * K * TT;
+        // The next tile's x slice, a share per panel, so it is in cache when its turn comes.
+        const char* xnext = tt + 1 < t1 ? reinterpret_cast<const char*>(xs + K * TT + xc0 * TT) : nullptr;
+        const int64_t xbytes = (xc1 - xc0) * TT * 4, xshare = nm_cdiv(nm_cdiv(xbytes, 64), n_panels) * 64;
+        for (int64_t p = r0, pi = 0; p < r1; p += R, ++pi) {
+          typename P::Row rr[R];
+          // A partial panel repeats its last row; the extra results land in unused scratch.
+          for (int i = 0; i < R; ++i) rr[i] = P::row(w, rbase + nm_min(p + i, r1 - 1));
+          // Generic patterns (and unaligned row bases): W rows two tiles
+          // ahead, prefetched in one go (the panel tile prefetches inside
+          // itself, below): W streams from memory once per block and the
+          // row-by-row jumps are too long for the hardware prefetcher.
+          if (!(P::kTuned && panel_ok) && tt == t0)
+            prefetch_rows<P>(w, rbase + p + 2 * R, rbase + nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
+          if (xnext)
+            for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
+          float* acc = scratch + ((tt - t0) * kMC + (p - r0)) * TT;
+          if constexpr (P::kTuned) {
+            if (panel_ok) {
+              const int64_t g = rbase + p, q = g % P::PR;
+              const float* pv = w.values.data() + (g / P::PR) * w.vstride + q * 8 + c0 * (P::PR * 8);
+              const uint8_t* pm = w.meta.data() + (g / P::PR) * w.mstride + q * P::B + c0 * (P::PR * P::B);
+              // The panel kNmPfPanels ahead in this task's walk (past the end of
+              // the row block: the first panels of the next column block), one
+              // chunk per chunk computed, on the first visit to a panel. Spread
+              // this way, the prefetches keep W streaming at a steady rate; in
+              // one burst per panel they left the tile waiting on memory.
+              const char *pfv = nullptr, *pfm = nullptr;
+              if (tt == t0 && q == 0) {
+                int64_t pp = g / P::PR + kNmPfPanels, pc0 = c0;
+                if (pp * P::PR >= rbase + r1) pp -= nm_cdiv(r1 - r0, P::PR), pc0 = c1;  // wraps to row block start
+                if (pp * P::PR < rbase + r1 && pc0 < chunks) {
+                  pfv = reinterpret_cast<const char*>(w.values.data() + pp * w.vstride + pc0 * (P::PR * 8));
+                  pfm = reinterpret_cast<const char*>(w.meta.data() + pp * w.mstride + pc0 * (P::PR * P::B));
+                }
+              }
+              nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, kb > 0, pfv, pfm);
+              if (last && kept > chunks * 8) nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc, true);
+              continue;
+            }
+          }
+          nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
+        }
+      }
+    }
+  }
+
+  // Writes a task's sums (scratch as tiled_task left them) to y [tokens, ldy]
+  // at column r0: y = act(s + bias), or with `up` (the up product's sums, same
+  // layout) y = act(s) ⊙ up. m: tokens of the token tiles' owner.
+  template <int TT>
+  static void store_task(const float* scratch, const float* up, int64_t m, int64_t ldy, int64_t r0, int64_t r1,
+                         int64_t t0, int64_t t1, const float* bias, Activation act, float* y) {
+    alignas(64) float ub[kMC * 8];
+    for (int64_t tt = t0; tt < t1; ++tt) {
+      const int64_t tn = nm_min(TT, m - tt * TT), nr = r1 - r0;
+      float* yt = y + tt * TT * ldy + r0;
+      auto transpose = [&](const float* sc, float* out, int64_t ld, int64_t tb, int64_t te) {
+        // [rows][tokens] → [tokens][rows] in 8 × 8 blocks, cache lines used whole.
+        for (int64_t i0 = 0; i0 < nr; i0 += 8)
+          for (int64_t t0b = tb; t0b < te; t0b += 8)
+            for (int64_t t = t0b; t < nm_min(te, t0b + 8); ++t)
+              for (int64_t i = i0; i < nm_min(nr, i0 + 8); ++i) out[(t - tb) * ld + i] = sc[i * TT + t];
+      };
+      const float* sc = scratch + (tt - t0) * kMC * TT;
+      transpose(sc, yt, ldy, 0, tn);
+      if (!up) {
+        for (int64_t t = 0; t < tn; ++t) sk_epilogue_row(yt + t * ldy, bias ? bias + r0 : nullptr, nr, act);
+        continue;
+      }
+      // Gated: the up sums, 8 tokens at a time, beside the gate row they scale.
+      const float* us = up + (tt - t0) * kMC * TT;
+      for (int64_t tb = 0; tb < tn; tb += 8) {
+        const int64_t te = nm_min(tn, tb + 8);
+        transpose(us, ub, nr, tb, te);
+        for (int64_t t = tb; t < te; ++t) sk_gate_row(yt + t * ldy, ub + (t - tb) * nr, nr, act);
+      }
+    }
+  }
+
   template <class P, int R, int TV, int S>
   static bool run_tiled(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
     constexpr int TT = TV * W;
-    const int64_t rows = w.shape.rows, K = w.shape.cols, kept = w.kept, chunks = kept / 8;
+    const int64_t rows = w.shape.rows, K = w.shape.cols;
     const int64_t tiles = nm_cdiv(m, TT);
     float* xp = thread_workspace(size_t(tiles * TT * K), 0);
     if (!xp) return false;
     nm_pack_tiles(x, m, K, TT, xp);
-    // Column blocks (in chunks) whose xp slice (columns × TT floats) fits L1.
-    const int64_t kc_chunks = nm_max(1, Cfg::kL1Floats / TT / P::chunk_cols(w.shape));
-    const int64_t n_kb = nm_max(1, nm_cdiv(chunks, kc_chunks));
     const int64_t n_rb = nm_cdiv(rows, kMC);
-    // Token tiles per task: bounded scratch, and enough tasks to balance the
-    // pool. The partition never changes a result, only who computes it.
-    const int threads = ThreadPool::instance().num_threads();
-    int64_t tg = nm_max(1, nm_min(tiles, 512 / TT));
-    tg = nm_min(tg, nm_max(1, nm_cdiv(tiles, nm_cdiv(4 * threads, n_rb))));
+    const int64_t tg = tiles_per_task<TT>(tiles, rows);
     const int64_t n_tg = nm_cdiv(tiles, tg);
     Scratch scr(kMC * tg * TT);
     if (scr.failed) return false;
@@ -502,68 +615,86 @@ struct NmDriver {
       const int64_t t0 = g * tg, t1 = nm_min(tiles, t0 + tg);
       float* scratch = scr.get(worker);
       if (!scratch) return;
-      for (int64_t kb = 0; kb < n_kb; ++kb) {
-        const int64_t c0 = kb * kc_chunks, c1 = nm_min(chunks, c0 + kc_chunks);
-        const bool last = kb == n_kb - 1;
-        // x columns of this block: [xc0, xc1) of every tile's xp
-        const int64_t xc0 = nm_min(K, c0 * P::chunk_cols(w.shape));
-        const int64_t xc1 = last ? K : nm_min(K, c1 * P::chunk_cols(w.shape));
-        const int64_t n_panels = nm_cdiv(r1 - r0, R);
-        for (int64_t tt = t0; tt < t1; ++tt) {
-          const float* xs = xp + tt * K * TT;
-          // The next tile's x slice, a share per panel, so it is in cache when its turn comes.
-          const char* xnext = tt + 1 < t1 ? reinterpret_cast<const char*>(xs + K * TT + xc0 * TT) : nullptr;
-          const int64_t xbytes = (xc1 - xc0) * TT * 4, xshare = nm_cdiv(nm_cdiv(xbytes, 64), n_panels) * 64;
-          for (int64_t p = r0, pi = 0; p < r1; p += R, ++pi) {
-            typename P::Row rr[R];
-            // A partial panel repeats its last row; the extra results land in unused scratch.
-            for (int i = 0; i < R; ++i) rr[i] = P::row(w, nm_min(p + i, r1 - 1));
-            // Generic patterns: W rows two tiles ahead, prefetched in one go
-            // (tuned patterns prefetch inside the tile, below): W streams from
-            // memory once per block and the row-by-row jumps are too long for
-            // the hardware prefetcher.
-            if constexpr (!P::kTuned)
-              if (tt == t0) prefetch_rows<P>(w, p + 2 * R, nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
-            if (xnext)
-              for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
-            float* acc = scratch + ((tt - t0) * kMC + (p - r0)) * TT;
-            if constexpr (P::kTuned) {
-              const int64_t q = p % P::PR;
-              const float* pv = w.values.data() + (p / P::PR) * w.vstride + q * 8 + c0 * (P::PR * 8);
-              const uint8_t* pm = w.meta.data() + (p / P::PR) * w.mstride + q * P::B + c0 * (P::PR * P::B);
-              // The panel kNmPfPanels ahead in this task's walk (past the end of
-              // the row block: the first panels of the next column block), one
-              // chunk per chunk computed, on the first visit to a panel. Spread
-              // this way, the prefetches keep W streaming at a steady rate; in
-              // one burst per panel they left the tile waiting on memory.
-              const char *pfv = nullptr, *pfm = nullptr;
-              if (tt == t0 && q == 0) {
-                int64_t pp = p / P::PR + kNmPfPanels, pc0 = c0;
-                if (pp * P::PR >= r1) pp -= nm_cdiv(r1 - r0, P::PR), pc0 = c1;  // wraps to row block start
-                if (pp * P::PR < r1 && pc0 < chunks) {
-                  pfv = reinterpret_cast<const char*>(w.values.data() + pp * w.vstride + pc0 * (P::PR * 8));
-                  pfm = reinterpret_cast<const char*>(w.meta.data() + pp * w.mstride + pc0 * (P::PR * P::B));
-                }
-              }
-              nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, kb > 0, pfv, pfm);
-              if (last && kept > chunks * 8) nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc, true);
-            } else {
-              nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
-            }
-          }
+      tiled_task<P, R, TV, S>(w, 0, xp, r0, r1, t0, t1, scratch);
+      store_task<TT>(scratch, nullptr, m, rows, r0, r1, t0, t1, bias, act, y);
+    });
+    return !scr.failed;
+  }
+
+  // Grouped forward over experts: for each expert e, rows offsets[e] ..
+  // offsets[e+1] of xs times ws[e]ᵀ, all in one task list (no per-expert
+  // barrier; empty experts add no tasks). gate_rows = 0: y = act(xs·Wᵀ),
+  // y [Σ rows, out]. gate_rows > 0: each W stacks gate rows [0, gate_rows)
+  // over up rows [gate_rows, 2·gate_rows), and y [Σ rows, gate_rows] =
+  // act(xs·Wgᵀ) ⊙ (xs·Wuᵀ), the two products of a row block computed by one
+  // task from the same packed x tiles. Every W has the same shape and pattern.
+  template <class P, int R, int TV, int S>
+  static bool run_grouped(const PackedNm* const* ws, int64_t experts, const int32_t* offsets, const float* xs,
+                          int64_t gate_rows, Activation act, float* y) {
+    constexpr int TT = TV * W;
+    const PackedNm& w0 = *ws[0];
+    const int64_t K = w0.shape.cols, out = gate_rows > 0 ? gate_rows : w0.shape.rows;
+    const int64_t n_rb = nm_cdiv(out, kMC);
+    LocalArray<int64_t> tile_base(experts + 1), task_base(experts + 1), tgs(experts);
+    tile_base[0] = task_base[0] = 0;
+    int64_t tg_max = 1;
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t rows = offsets[e + 1] - offsets[e], tiles = nm_cdiv(rows, TT);
+      tile_base[e + 1] = tile_base[e] + tiles;
+      tgs[e] = tiles > 0 ? tiles_per_task<TT>(tiles, out) : 1;
+      tg_max = nm_max(tg_max, tgs[e]);
+      task_base[e + 1] = task_base[e] + (tiles > 0 ? n_rb * nm_cdiv(tiles, tgs[e]) : 0);
+    }
+    const int64_t all_tiles = tile_base[experts];
+    if (all_tiles == 0) return true;
+    float* xp = thread_workspace(size_t(all_tiles * TT * K), 0);
+    if (!xp) return false;
+    auto owner = [&](const LocalArray<int64_t>& base, int64_t i) {
+      int64_t lo = 0, hi = experts - 1;  // last e with base[e] <= i < base[e + 1]
+      while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (base[mid] <= i) lo = mid; else hi = mid - 1;
+      }
+      while (lo < experts - 1 && base[lo + 1] <= i) ++lo;
+      return lo;
+    };
+    // Pack every expert's token tiles, in one parallel pass.
+    const int64_t kb = 256, kblocks = nm_cdiv(K, kb);
+    ThreadPool::instance().parallel_for(all_tiles * kblocks, [&](int64_t task, int) {
+      const int64_t tile = task / kblocks, k0 = (task % kblocks) * kb, k1 = nm_min(K, k0 + kb);
+      const int64_t e = owner(tile_base, tile), lt = tile - tile_base[e];
+      const int64_t rows = offsets[e + 1] - offsets[e];
+      float* d = xp + tile * K * TT;
+      for (int64_t t = 0; t < TT; ++t) {
+        const int64_t tok = lt * TT + t;
+        if (tok < rows) {
+          const float* src = xs + (int64_t(offsets[e]) + tok) * K;
+          for (int64_t kk = k0; kk < k1; ++kk) d[kk * TT + t] = src[kk];
+        } else {
+          for (int64_t kk = k0; kk < k1; ++kk) d[kk * TT + t] = 0.f;
         }
       }
-      for (int64_t tt = t0; tt < t1; ++tt) {
-        const float* sc = scratch + (tt - t0) * kMC * TT;
-        const int64_t tn = nm_min(TT, m - tt * TT), nr = r1 - r0;
-        float* yt = y + tt * TT * rows + r0;
-        // [rows][tokens] → [tokens][rows] in 8 × 8 blocks, cache lines used whole.
-        for (int64_t i0 = 0; i0 < nr; i0 += 8)
-          for (int64_t t0b = 0; t0b < tn; t0b += 8)
-            for (int64_t t = t0b; t < nm_min(tn, t0b + 8); ++t)
-              for (int64_t i = i0; i < nm_min(nr, i0 + 8); ++i) yt[t * rows + i] = sc[i * TT + t];
-        for (int64_t t = 0; t < tn; ++t) sk_epilogue_row(yt + t * rows, bias ? bias + r0 : nullptr, nr, act);
+    });
+    const int64_t per = kMC * tg_max * TT;
+    Scratch scr(gate_rows > 0 ? 2 * per : per);
+    if (scr.failed) return false;
+    ThreadPool::instance().parallel_for(task_base[experts], [&](int64_t task, int worker) {
+      const int64_t e = owner(task_base, task), lt = task - task_base[e];
+      const int64_t rows = offsets[e + 1] - offsets[e], tiles = nm_cdiv(rows, TT), tg = tgs[e];
+      const int64_t rb = lt % n_rb, g = lt / n_rb;
+      const int64_t r0 = rb * kMC, r1 = nm_min(out, r0 + kMC);
+      const int64_t t0 = g * tg, t1 = nm_min(tiles, t0 + tg);
+      float* scratch = scr.get(worker);
+      if (!scratch) return;
+      const float* xe = xp + tile_base[e] * K * TT;
+      float* ye = y + int64_t(offsets[e]) * out;
+      tiled_task<P, R, TV, S>(*ws[e], 0, xe, r0, r1, t0, t1, scratch);
+      float* up = nullptr;
+      if (gate_rows > 0) {
+        up = scratch + per;
+        tiled_task<P, R, TV, S>(*ws[e], gate_rows, xe, r0, r1, t0, t1, up);
       }
+      store_task<TT>(scratch, up, rows, out, r0, r1, t0, t1, nullptr, act, ye);
     });
     return !scr.failed;
   }
@@ -616,18 +747,72 @@ struct NmDriver {
       }
       return true;
     }
+    return with_tile<P>(m, n, mm, [&](auto r, auto tv, auto sv) {
+      return run_tiled<P, decltype(r)::value, decltype(tv)::value, decltype(sv)::value>(w, x, m, bias, act, y);
+    });
+  }
+
+  // Calls f(R, TV, S) (as integral constants) for the register tile that
+  // m tokens of pattern n:mm take.
+  template <class P, class F>
+  static bool with_tile(int64_t m, int n, int mm, F&& f) {
+    using I1 = std::integral_constant<int, 1>;
+    using I2 = std::integral_constant<int, 2>;
+    using I4 = std::integral_constant<int, 4>;
     switch (tile_tv(m, n, mm, P::kTuned)) {
-      case 1: return run_tiled<P, 4, 1, 2>(w, x, m, bias, act, y);
-      case 2: return run_tiled<P, 4, 2, 1>(w, x, m, bias, act, y);
+      case 1: return f(I4{}, I1{}, I2{});
+      case 2: return f(I4{}, I2{}, I1{});
       // tuned: rows of a tile share a panel (R | 4)
       case 4:
-        if constexpr (P::kTuned) return run_tiled<P, 2, 4, 1>(w, x, m, bias, act, y);
-        else return run_tiled<P, 3, 4, 1>(w, x, m, bias, act, y);
+        if constexpr (P::kTuned) return f(I2{}, I4{}, I1{});
+        else return f(std::integral_constant<int, 3>{}, I4{}, I1{});
       case 6:
-        if constexpr (!P::kTuned) return run_tiled<P, 2, 6, 1>(w, x, m, bias, act, y);
+        if constexpr (!P::kTuned) return f(I2{}, std::integral_constant<int, 6>{}, I1{});
         [[fallthrough]];
-      default: return run_tiled<P, 1, 8, 1>(w, x, m, bias, act, y);
+      default: return f(I1{}, std::integral_constant<int, 8>{}, I1{});
     }
+  }
+
+  // Grouped forward (see run_grouped). Decode-sized groups (every expert at
+  // most small_tokens rows) run the row-streaming kernel expert by expert;
+  // otherwise one tiled pass over all experts, its tile chosen by the mean
+  // rows of the experts that have any.
+  template <class P>
+  static bool grouped(const PackedNm* const* ws, int64_t experts, const int32_t* offsets, const float* xs,
+                      int64_t gate_rows, Activation act, float* y) {
+    const PackedNm& w0 = *ws[0];
+    const int n = w0.shape.n, mm = w0.shape.m;
+    int64_t total = 0, busy = 0, most = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t r = offsets[e + 1] - offsets[e];
+      total += r, busy += r > 0, most = nm_max(most, r);
+    }
+    if (total == 0) return true;
+    const int64_t out = gate_rows > 0 ? gate_rows : w0.shape.rows;
+    if (most <= small_tokens<P>()) {
+      float* tmp = gate_rows > 0 ? thread_workspace(size_t(most * 2 * gate_rows), 0) : nullptr;
+      if (gate_rows > 0 && !tmp) return false;
+      for (int64_t e = 0; e < experts; ++e) {
+        const int64_t r = offsets[e + 1] - offsets[e];
+        if (r == 0) continue;
+        const float* xe = xs + int64_t(offsets[e]) * w0.shape.cols;
+        float* ye = y + int64_t(offsets[e]) * out;
+        if (gate_rows == 0) {
+          if (!forward<P>(*ws[e], xe, r, nullptr, act, ye)) return false;
+          continue;
+        }
+        if (!forward<P>(*ws[e], xe, r, nullptr, Activation::kNone, tmp)) return false;
+        for (int64_t i = 0; i < r; ++i) {
+          std::memcpy(ye + i * out, tmp + i * 2 * out, sizeof(float) * size_t(out));
+          sk_gate_row(ye + i * out, tmp + i * 2 * out + out, out, act);
+        }
+      }
+      return true;
+    }
+    return with_tile<P>(nm_cdiv(total, busy), n, mm, [&](auto r, auto tv, auto sv) {
+      return run_grouped<P, decltype(r)::value, decltype(tv)::value, decltype(sv)::value>(ws, experts, offsets, xs,
+                                                                                          gate_rows, act, y);
+    });
   }
 
   // ---- transposed: dx [m, cols] = dy [m, rows] · W
@@ -703,6 +888,16 @@ struct NmDriver {
     SPARSEKIT_NM_TUNED_PATTERNS(SK_NM_CASE)
 #undef SK_NM_CASE
     return forward<GenericPattern>(w, x, m, bias, act, y);
+  }
+
+  static bool grouped_linear(const PackedNm* const* ws, int64_t experts, const int32_t* offsets, const float* xs,
+                             int64_t gate_rows, Activation act, float* y) {
+    const NmShape& sh = ws[0]->shape;
+#define SK_NM_CASE(N_, M_) \
+  if (sh.n == N_ && sh.m == M_) return grouped<TunedPattern<N_, M_>>(ws, experts, offsets, xs, gate_rows, act, y);
+    SPARSEKIT_NM_TUNED_PATTERNS(SK_NM_CASE)
+#undef SK_NM_CASE
+    return grouped<GenericPattern>(ws, experts, offsets, xs, gate_rows, act, y);
   }
 
   static bool linear_transposed(const PackedNm& w, const float* dy, int64_t m, float* dx) {

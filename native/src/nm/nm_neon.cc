@@ -10,7 +10,7 @@ struct NmCfg_neon {
   static constexpr int64_t kL1Floats = 6144;
 };
 using D = NmDriver<NmCfg_neon>;
-const NmKernels kKernels = {Isa::kNeon, "f32-nm-neon", D::W, &D::linear, &D::linear_transposed};
+const NmKernels kKernels = {Isa::kNeon, "f32-nm-neon", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear};
 }  // namespace
 
 const NmKernels* nm_kernels_neon() { return &kKernels; }

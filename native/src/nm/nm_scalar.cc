@@ -10,7 +10,7 @@ struct NmCfg_scalar {
   static constexpr int64_t kL1Floats = 6144;
 };
 using D = NmDriver<NmCfg_scalar>;
-const NmKernels kKernels = {Isa::kScalar, "f32-nm-scalar", D::W, &D::linear, &D::linear_transposed};
+const NmKernels kKernels = {Isa::kScalar, "f32-nm-scalar", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear};
 }  // namespace
 
 const NmKernels* nm_kernels_scalar() { return &kKernels; }

@@ -1,0 +1,138 @@
+// nmGroupedLinear: every expert's N:M product in one call, plain and gated
+// (stacked gate/up, act(gate) ⊙ up), against a float64 per-expert loop over
+// the matrices' own toDense(). Uneven groups with empty experts, decode-sized
+// groups (the row-streaming path), tile-sized groups, ffn not a multiple of
+// the 4-row panel (the up half starts mid-panel), tuned and generic patterns.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { NMSparseMatrix, nmGroupedLinear, nmGroupedLinearAsync, prepackNM, type PackedNMLinear } from '../lib/index';
+import { checkBadInputs, checkOp } from './harness';
+import { Rng } from './reference/rng';
+
+type T2 = { data: Float32Array; shape: number[] };
+
+interface In {
+  xs: T2;
+  offsets: Int32Array;
+  experts: NMSparseMatrix[];
+  gated: boolean;
+  activation: 'none' | 'relu' | 'silu' | 'gelu';
+}
+
+function act64(a: string, v: number): number {
+  switch (a) {
+    case 'relu':
+      return v > 0 ? v : 0;
+    case 'silu':
+      return v / (1 + Math.exp(-v));
+    case 'gelu': {
+      // erf by Abramowitz–Stegun 7.1.26 is too coarse for 1e-5; integrate instead.
+      const z = v / Math.SQRT2;
+      let s = 0;
+      const n = 2000;
+      for (let i = 0; i < n; i++) {
+        const t = ((i + 0.5) / n) * z;
+        s += Math.exp(-t * t);
+      }
+      const erf = (2 / Math.sqrt(Math.PI)) * s * (z / n);
+      return 0.5 * v * (1 + erf);
+    }
+    default:
+      return v;
+  }
+}
+
+function reference(s: In): Float64Array {
+  const d = s.xs.shape[1];
+  const out = s.experts[0].rows;
+  const n = s.gated ? out / 2 : out;
+  const rows = s.xs.shape[0];
+  const y = new Float64Array(rows * n);
+  for (let e = 0; e < s.experts.length; e++) {
+    const W = s.experts[e].toDense().data;
+    for (let r = s.offsets[e]; r < s.offsets[e + 1]; r++) {
+      const dot = (o: number) => {
+        let a = 0;
+        for (let c = 0; c < d; c++) a += s.xs.data[r * d + c] * W[o * d + c];
+        return a;
+      };
+      for (let j = 0; j < n; j++) y[r * n + j] = s.gated ? act64(s.activation, dot(j)) * dot(j + n) : act64(s.activation, dot(j));
+    }
+  }
+  return y;
+}
+
+function groupsOf(sizes: number[]): Int32Array {
+  const o = new Int32Array(sizes.length + 1);
+  for (let e = 0; e < sizes.length; e++) o[e + 1] = o[e] + sizes[e];
+  return o;
+}
+
+checkOp({
+  name: 'nmGroupedLinear',
+  samples: () => {
+    const rng = new Rng(404);
+    const cases: { sizes: number[]; out: number; d: number; n: number; m: number; gated: boolean; act: In['activation'] }[] = [
+      { sizes: [0, 37, 5, 90], out: 48, d: 64, n: 2, m: 4, gated: true, act: 'silu' },
+      { sizes: [1, 0, 2, 1], out: 44, d: 32, n: 2, m: 4, gated: true, act: 'gelu' }, // decode; ffn 22
+      { sizes: [150, 130], out: 36, d: 40, n: 1, m: 4, gated: true, act: 'silu' }, // wide tiles; ffn 18
+      { sizes: [3, 64, 0, 17], out: 29, d: 48, n: 1, m: 8, gated: false, act: 'relu' },
+      { sizes: [20, 9, 33], out: 40, d: 24, n: 3, m: 4, gated: true, act: 'silu' }, // generic pattern
+      { sizes: [0, 0, 5, 0], out: 16, d: 16, n: 2, m: 4, gated: false, act: 'none' }, // one expert takes all
+      { sizes: [257], out: 97, d: 32, n: 2, m: 8, gated: false, act: 'none' },
+    ];
+    return cases.map((c, i) => {
+      const offsets = groupsOf(c.sizes);
+      const rows = offsets[c.sizes.length];
+      const experts = c.sizes.map((_, e) => NMSparseMatrix.random(c.out, c.d, { n: c.n, m: c.m }, { seed: 1000 * i + e }));
+      return {
+        label: `${c.n}:${c.m} out=${c.out} d=${c.d} groups=[${c.sizes}] gated=${c.gated} ${c.act}`,
+        inputs: { xs: { data: rng.floats(rows * c.d), shape: [rows, c.d] }, offsets, experts, gated: c.gated, activation: c.act },
+      };
+    });
+  },
+  prepare: (s: In) => s.experts.map((W) => prepackNM(W)),
+  run: (p: PackedNMLinear[], s) => nmGroupedLinear(s.xs, s.offsets, p, { gated: s.gated, activation: s.activation }),
+  runAsync: (p: PackedNMLinear[], s) => nmGroupedLinearAsync(s.xs, s.offsets, p, { gated: s.gated, activation: s.activation }),
+  reference,
+  tolerance: 1e-5,
+});
+
+test('nmGroupedLinear: gated defaults to silu; out is filled and returned', () => {
+  const W = [NMSparseMatrix.random(8, 16, { n: 2, m: 4 }, { seed: 1 }), NMSparseMatrix.random(8, 16, { n: 2, m: 4 }, { seed: 2 })];
+  const p = W.map((w) => prepackNM(w));
+  const xs = { data: new Rng(3).floats(5 * 16), shape: [5, 16] };
+  const offsets = groupsOf([2, 3]);
+  const out = new Float32Array(5 * 4);
+  const y = nmGroupedLinear(xs, offsets, p, { gated: true, out });
+  assert.equal(y.data, out);
+  assert.deepEqual(y.shape, [5, 4]);
+  const ref = reference({ xs, offsets, experts: W, gated: true, activation: 'silu' });
+  for (let i = 0; i < ref.length; i++) assert.ok(Math.abs(ref[i] - out[i]) < 1e-5);
+});
+
+const W4 = NMSparseMatrix.random(8, 16, { n: 2, m: 4 }, { seed: 5 });
+const P4 = prepackNM(W4);
+const P8 = prepackNM(NMSparseMatrix.random(8, 16, { n: 1, m: 8 }, { seed: 6 }));
+const P6 = prepackNM(NMSparseMatrix.random(6, 16, { n: 2, m: 4 }, { seed: 7 }));
+const P7 = prepackNM(NMSparseMatrix.random(7, 16, { n: 2, m: 4 }, { seed: 8 }));
+const xs3 = { data: new Float32Array(3 * 16), shape: [3, 16] };
+checkBadInputs('nmGroupedLinear', [
+  { label: 'xs not a tensor', call: () => nmGroupedLinear(null as never, groupsOf([3]), [P4]), error: TypeError, message: /xs/ },
+  { label: 'experts not an array', call: () => nmGroupedLinear(xs3, groupsOf([3]), P4 as never), error: TypeError, message: /experts/ },
+  { label: 'no experts', call: () => nmGroupedLinear(xs3, new Int32Array([0]), []), error: RangeError, message: /experts/ },
+  { label: 'expert not packed', call: () => nmGroupedLinear(xs3, groupsOf([3]), [W4 as never]), error: TypeError, message: /experts\[0\]/ },
+  { label: 'patterns differ', call: () => nmGroupedLinear(xs3, groupsOf([1, 2]), [P4, P8]), error: RangeError, message: /experts\[1\]/ },
+  { label: 'shapes differ', call: () => nmGroupedLinear(xs3, groupsOf([1, 2]), [P4, P6]), error: RangeError, message: /experts\[1\]/ },
+  { label: 'width ≠ in', call: () => nmGroupedLinear({ data: new Float32Array(24), shape: [3, 8] }, groupsOf([3]), [P4]), error: RangeError, message: /xs\.shape\[1\]/ },
+  { label: 'offsets wrong length', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4, P4]), error: RangeError, message: /expertOffsets/ },
+  { label: 'offsets not from 0', call: () => nmGroupedLinear(xs3, new Int32Array([1, 3]), [P4]), error: RangeError, message: /expertOffsets\[0\]/ },
+  { label: 'offsets decrease', call: () => nmGroupedLinear(xs3, new Int32Array([0, 3, 2, 3]), [P4, P4, P4]), error: RangeError, message: /non-decreasing/ },
+  { label: 'offsets end ≠ rows', call: () => nmGroupedLinear(xs3, new Int32Array([0, 2]), [P4]), error: RangeError, message: /xs\.shape\[0\]/ },
+  { label: 'offsets not Int32Array', call: () => nmGroupedLinear(xs3, [0, 3] as never, [P4]), error: TypeError, message: /expertOffsets/ },
+  { label: 'gated odd out', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P7], { gated: true }), error: RangeError, message: /even/ },
+  { label: 'gated not boolean', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { gated: 1 as never }), error: TypeError, message: /gated/ },
+  { label: 'bad activation', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { activation: 'tanh' as never }), error: RangeError, message: /activation/ },
+  { label: 'out too short', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { gated: true, out: new Float32Array(11) }), error: RangeError, message: /out/ },
+  { label: 'async: patterns differ', call: () => nmGroupedLinearAsync(xs3, groupsOf([1, 2]), [P4, P8]), error: RangeError, message: /experts\[1\]/ },
+]);
