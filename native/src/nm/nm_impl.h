@@ -260,8 +260,8 @@ struct NmSmall<Avx512Vec> : NmSmallYmm {};
 #endif
 #endif
 
-// A tile's accumulators: acc[0] from acc_io (or zero), the second chain (S = 2)
-// from zero; stored back as their sum, chain 0 first.
+// A tile's accumulators: acc[0] from acc_io (or zero), the other chains (S > 1)
+// from zero; stored back as their sum, chain 0 first, then 1, 2, …
 template <class V, int R, int TV, int S>
 SK_INLINE void nm_acc_init(typename V::T (&acc)[S][R][TV], const float* acc_io, bool load) {
   constexpr int W = V::W, TT = TV * W;
@@ -270,7 +270,8 @@ SK_INLINE void nm_acc_init(typename V::T (&acc)[S][R][TV], const float* acc_io, 
 #pragma GCC unroll 16
     for (int v = 0; v < TV; ++v) {
       acc[0][r][v] = load ? V::load(acc_io + r * TT + v * W) : V::zero();
-      if (S > 1) acc[S - 1][r][v] = V::zero();
+#pragma GCC unroll 4
+      for (int c = 1; c < S; ++c) acc[c][r][v] = V::zero();
     }
 }
 template <class V, int R, int TV, int S>
@@ -279,8 +280,12 @@ SK_INLINE void nm_acc_store(typename V::T (&acc)[S][R][TV], float* acc_io) {
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v)
-      V::store(acc_io + r * TT + v * W, S > 1 ? nm_add<V>(acc[0][r][v], acc[S - 1][r][v]) : acc[0][r][v]);
+    for (int v = 0; v < TV; ++v) {
+      typename V::T a = acc[0][r][v];
+#pragma GCC unroll 4
+      for (int c = 1; c < S; ++c) a = nm_add<V>(a, acc[c][r][v]);
+      V::store(acc_io + r * TT + v * W, a);
+    }
 }
 
 // ---- kernel B: gather-FMA register tile ---------------------------------------
