@@ -95,6 +95,21 @@ export class SparseExperts {
 }
 
 /**
+ * Intermediate buffers of sparseExpertsForward, kept per gate/up stack and
+ * grown as needed, so that steady-state calls do not allocate (and zero) tens
+ * of megabytes each. Only the synchronous path uses them; the result is always
+ * a fresh array.
+ */
+const scratchOf = new WeakMap<SparseExperts, Map<string, Float32Array>>();
+function scratch(owner: SparseExperts, name: string, n: number): Float32Array {
+  let m = scratchOf.get(owner);
+  if (!m) scratchOf.set(owner, (m = new Map()));
+  let b = m.get(name);
+  if (!b || b.length < n) m.set(name, (b = new Float32Array(n)));
+  return b.subarray(0, n);
+}
+
+/**
  * The MoE expert block on sparse experts: `gateUp` holds `[E, 2·ffn, d]`
  * (gate rows, then up rows), `down` holds `[E, d, ffn]`.
  */
@@ -115,19 +130,19 @@ export function sparseExpertsForward(
   if (plan.expertOffsets.length !== E + 1) throw new RangeError(`sparseExpertsForward: plan.expertOffsets must have ${E + 1} entries`);
   const rows = plan.sortedSlots.length;
   if (rows === 0) return { data: new Float32Array(T * d), shape: [T, d] };
-  const xs = permute(x, plan);
+  const xs = permute(x, plan, { out: scratch(gateUp, 'xs', rows * d) });
   const act = options.activation ?? 'silu';
-  if (gateUp.spec.format === 'nm' && down.spec.format === 'nm') {
-    const h = gateUp.grouped(xs, plan.expertOffsets, { gated: true, activation: act });
-    return combine(down.grouped(h, plan.expertOffsets), plan);
-  }
-  const ys = new Float32Array(rows * d);
-  // Scratch for the largest expert's gate/up product and its GLU, reused by every expert.
   const f = down.inFeatures;
+  const ys = scratch(gateUp, 'ys', rows * d);
+  if (gateUp.spec.format === 'nm' && down.spec.format === 'nm') {
+    const h = gateUp.grouped(xs, plan.expertOffsets, { gated: true, activation: act, out: scratch(gateUp, 'h', rows * f) });
+    return combine(down.grouped(h, plan.expertOffsets, { out: ys }), plan);
+  }
+  // Scratch for the largest expert's gate/up product and its GLU, reused by every expert.
   let most = 0;
   for (let e = 0; e < E; e++) most = Math.max(most, plan.expertOffsets[e + 1] - plan.expertOffsets[e]);
-  const guBuf = new Float32Array(most * 2 * f);
-  const hBuf = new Float32Array(most * f);
+  const guBuf = scratch(gateUp, 'gu', most * 2 * f);
+  const hBuf = scratch(gateUp, 'h', most * f);
   for (let e = 0; e < E; e++) {
     const r0 = plan.expertOffsets[e];
     const r1 = plan.expertOffsets[e + 1];
