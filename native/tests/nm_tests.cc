@@ -241,7 +241,8 @@ static void test_grouped() {
             double e = rel_err(y[0], ref);
             CHECK(e < 1e-5, "%s grouped %d:%d out=%ld cols=%ld E=%ld rows=%ld gated=%d: rel err %g", isa_name(isa), p.n,
                   p.m, (long)out, (long)cols, (long)E, (long)rows, gated, e);
-            CHECK(std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4) == 0, "%s grouped %d:%d: 1 vs 2 threads differ",
+            CHECK(y[0].empty() || std::memcmp(y[0].data(), y[1].data(), y[0].size() * 4) == 0,
+                  "%s grouped %d:%d: 1 vs 2 threads differ",
                   isa_name(isa), p.n, p.m);
           }
         }
