@@ -17,6 +17,7 @@
 #include "args.h"
 #include "async.h"
 #include "families.h"
+#include "grouped_sparse.h"
 #include "handle.h"
 #include "sparsekit/bsr.h"
 #include "sparsekit/runtime.h"
@@ -356,6 +357,28 @@ Napi::Value SddmmImpl(const Napi::CallbackInfo& info, bool async) {
                 {out.value, a.array.value, b.array.value, mask.row_ptr.value, mask.col_idx.value});
 }
 
+// bsrGroupedLinear(xs [rows, in], expertOffsets, experts: PackedBsrLinear[], options?: { gated, activation, out })
+Napi::Value BsrGroupedLinearImpl(const Napi::CallbackInfo& info, bool async) {
+  auto shape_of = [](const PackedBsr& p) {
+    SparseExpertShape<PackedBsr> s;
+    s.rows = p.rows;
+    s.cols = p.cols;
+    s.text = "[" + std::to_string(p.rows) + ", " + std::to_string(p.cols) + "] in " + std::to_string(p.br) + "x" +
+             std::to_string(p.bc) + " blocks";
+    return s;
+  };
+  auto gate_error = [](const PackedBsr& p) {
+    if ((p.rows / 2) % p.br == 0) return std::string();
+    return "gated experts split out = " + std::to_string(p.rows) + " rows into gate and up halves, which must be whole block rows (block height " +
+           std::to_string(p.br) + ")";
+  };
+  return grouped_sparse_linear<PackedBsr>(info, async ? "bsrGroupedLinearAsync" : "bsrGroupedLinear",
+                                          "PackedBsrLinear from prepackBsrLinear()", shape_of, gate_error,
+                                          bsr_grouped_linear, async);
+}
+Napi::Value BsrGroupedLinear(const Napi::CallbackInfo& info) { return BsrGroupedLinearImpl(info, false); }
+Napi::Value BsrGroupedLinearAsync(const Napi::CallbackInfo& info) { return BsrGroupedLinearImpl(info, true); }
+
 Napi::Value BsrLinear(const Napi::CallbackInfo& info) { return BsrLinearImpl(info, false); }
 Napi::Value BsrLinearAsync(const Napi::CallbackInfo& info) { return BsrLinearImpl(info, true); }
 Napi::Value BsrLinearTransposed(const Napi::CallbackInfo& info) { return BsrLinearTransposedImpl(info, false); }
@@ -376,6 +399,8 @@ void RegisterBsr(Napi::Env env, Napi::Object exports) {
   fn("prepackBsrLinear", PrepackBsrLinear);
   fn("bsrLinear", BsrLinear);
   fn("bsrLinearAsync", BsrLinearAsync);
+  fn("bsrGroupedLinear", BsrGroupedLinear);
+  fn("bsrGroupedLinearAsync", BsrGroupedLinearAsync);
   fn("bsrLinearTransposed", BsrLinearTransposed);
   fn("bsrLinearTransposedAsync", BsrLinearTransposedAsync);
   fn("sddmm", Sddmm);

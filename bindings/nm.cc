@@ -15,7 +15,7 @@
 #include "families.h"
 #include "handle.h"
 #include "nm_args.h"
-#include "plan_args.h"
+#include "grouped_sparse.h"
 #include "sparsekit/nm.h"
 #include "sparsekit/runtime.h"
 
@@ -382,63 +382,18 @@ Napi::Value NmLinearTransposed(const Napi::CallbackInfo& info) { return NmLinear
 Napi::Value NmLinearTransposedAsync(const Napi::CallbackInfo& info) { return NmLinearTransposedImpl(info, true); }
 
 // nmGroupedLinear(xs [rows, in], expertOffsets, experts: PackedNMLinear[], options?: { gated, activation, out })
-//   plain: y [rows, out] = act(xs_e · W_eᵀ) per expert's rows
-//   gated: each W_e stacks gate over up rows ([2·ffn, in]); y [rows, ffn] = act(xs_e·Wgᵀ) ⊙ (xs_e·Wuᵀ)
 Napi::Value NmGroupedLinearImpl(const Napi::CallbackInfo& info, bool async) {
-  Napi::Env env = info.Env();
-  const std::string fn = async ? "nmGroupedLinearAsync" : "nmGroupedLinear";
-  auto xs = get_tensor<float>(env, fn, "xs", info[0], 2, "[rows, in]");
-  if (!info[2].IsArray()) throw_type(env, fn, "experts must be an array of PackedNMLinear, got " + describe(info[2]));
-  Napi::Array arr = info[2].As<Napi::Array>();
-  const int64_t E = arr.Length();
-  if (E < 1) throw_range(env, fn, "experts must hold at least one PackedNMLinear");
-  std::vector<std::shared_ptr<PackedNm>> ws(static_cast<size_t>(E));
-  for (int64_t e = 0; e < E; ++e) {
-    const std::string name = "experts[" + std::to_string(e) + "]";
-    Napi::Value v = arr.Get(static_cast<uint32_t>(e));
-    if (!PackedNmHandle::Is(v)) throw_type(env, fn, name + " must be a PackedNMLinear from prepackNM(), got " + describe(v));
-    ws[e] = PackedNmHandle::Get(env, fn, name, v);
-    const NmShape& s = ws[e]->shape;
-    const NmShape& s0 = ws[0]->shape;
-    if (s.rows != s0.rows || s.cols != s0.cols || s.n != s0.n || s.m != s0.m)
-      throw_range(env, fn, name + " is [" + std::to_string(s.rows) + ", " + std::to_string(s.cols) + "] " +
-                               std::to_string(s.n) + ":" + std::to_string(s.m) + " but experts[0] is [" +
-                               std::to_string(s0.rows) + ", " + std::to_string(s0.cols) + "] " + std::to_string(s0.n) +
-                               ":" + std::to_string(s0.m) + ": every expert must have the same shape and pattern");
-    if (ws[e]->kernels != ws[0]->kernels)
-      throw_type(env, fn, name + " was packed for another instruction set than experts[0]");
-  }
-  const NmShape s0 = ws[0]->shape;
-  if (xs.dim(1) != s0.cols)
-    throw_range(env, fn, "xs.shape[1] = " + std::to_string(xs.dim(1)) + " must equal the experts' in = " + std::to_string(s0.cols));
-  auto off = get_offsets(env, fn, info[1], E, xs.dim(0), "xs.shape[0]");
-  Napi::Value opts = info.Length() > 3 ? info[3] : env.Undefined();
-  Napi::Value gated_v = get_option(env, fn, opts, "gated");
-  bool gated = false;
-  if (!is_absent(gated_v)) {
-    if (!gated_v.IsBoolean()) throw_type(env, fn, "options.gated must be a boolean, got " + describe(gated_v));
-    gated = gated_v.As<Napi::Boolean>().Value();
-  }
-  if (gated && s0.rows % 2 != 0)
-    throw_range(env, fn, "gated experts stack gate and up rows, so out must be even, got " + std::to_string(s0.rows));
-  Activation act = get_activation(env, fn, get_option(env, fn, opts, "activation"));
-  if (gated && is_absent(get_option(env, fn, opts, "activation"))) act = Activation::kSilu;
-  const int64_t rows = xs.dim(0), n = gated ? s0.rows / 2 : s0.rows, gate_rows = gated ? n : 0;
-  auto out = get_out(env, fn, get_option(env, fn, opts, "out"), rows * n, gated ? "y [rows, out / 2]" : "y [rows, out]");
-  // The kernel reads its own copy of the offsets (validated above): the
-  // caller's array may change while an async call runs.
-  std::vector<int32_t> offsets(off.data, off.data + E + 1);
-  const float* xd = xs.data();
-  float* yd = out.data;
-  auto kernel = [ws, offsets, E, xd, gate_rows, act, yd]() {
-    std::vector<const PackedNm*> wp(ws.size());
-    for (size_t e = 0; e < ws.size(); ++e) wp[e] = ws[e].get();
-    return nm_grouped_linear(wp.data(), E, offsets.data(), xd, gate_rows, act, yd);
+  auto shape_of = [](const PackedNm& p) {
+    SparseExpertShape<PackedNm> s;
+    s.rows = p.shape.rows;
+    s.cols = p.shape.cols;
+    s.text = "[" + std::to_string(p.shape.rows) + ", " + std::to_string(p.shape.cols) + "] " + std::to_string(p.shape.n) +
+             ":" + std::to_string(p.shape.m);
+    return s;
   };
-  auto result = [rows, n](Napi::Env e, const std::vector<Napi::Value>& kept) -> Napi::Value {
-    return make_tensor(e, kept[0], {rows, n});
-  };
-  return run_op(env, async, fn, kernel, result, {out.value, xs.array.value});
+  auto gate_error = [](const PackedNm&) { return std::string(); };
+  return grouped_sparse_linear<PackedNm>(info, async ? "nmGroupedLinearAsync" : "nmGroupedLinear", "PackedNMLinear from prepackNM()",
+                                         shape_of, gate_error, nm_grouped_linear, async);
 }
 
 Napi::Value NmGroupedLinear(const Napi::CallbackInfo& info) { return NmGroupedLinearImpl(info, false); }

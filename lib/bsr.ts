@@ -16,6 +16,7 @@
  */
 import { native, type PackedBsrLinear, type RawBsr } from './native';
 import type { LinearOptions } from './dense';
+import type { NMGroupedOptions } from './nm';
 import { randomTensor, type Float32Tensor, type Tensor } from './tensor';
 
 export type { PackedBsrLinear };
@@ -259,6 +260,36 @@ export function bsrLinearAsync(
   options?: LinearOptions,
 ): Promise<Float32Tensor> {
   return native.bsrLinearAsync(x, W, options);
+}
+
+/**
+ * Grouped block-sparse experts: for each expert e, rows `expertOffsets[e] … expertOffsets[e+1]`
+ * of `xs: [rows, in]` times `experts[e]ᵀ`, in one call: one task per expert
+ * and token tile across the thread pool (no per-expert barrier; empty experts
+ * cost nothing). With `gated`, each expert's matrix stacks gate rows over up
+ * rows (`[2·ffn, in]`, `ffn` a multiple of the block height) and the result is
+ * `act(gate) ⊙ up`, `[rows, ffn]`, gated in cache as each up block row is
+ * written. Every expert must be a `PackedBsrLinear` of the same shape and
+ * block shape. Decode-sized calls (few token tiles) run `bsrLinear`'s kernel
+ * expert by expert, which splits each expert's rows over the pool instead.
+ */
+export function bsrGroupedLinear(
+  xs: Float32Tensor,
+  expertOffsets: Int32Array,
+  experts: readonly PackedBsrLinear[],
+  options?: NMGroupedOptions,
+): Float32Tensor {
+  return native.bsrGroupedLinear(xs, expertOffsets, experts, options);
+}
+
+/** Same as {@link bsrGroupedLinear}, off the event loop. Do not modify `xs` or `out` until the promise settles. */
+export function bsrGroupedLinearAsync(
+  xs: Float32Tensor,
+  expertOffsets: Int32Array,
+  experts: readonly PackedBsrLinear[],
+  options?: NMGroupedOptions,
+): Promise<Float32Tensor> {
+  return native.bsrGroupedLinearAsync(xs, expertOffsets, experts, options);
 }
 
 export interface OutOption {

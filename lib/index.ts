@@ -14,6 +14,8 @@ export {
   prepackBsrLinear,
   bsrLinear,
   bsrLinearAsync,
+  bsrGroupedLinear,
+  bsrGroupedLinearAsync,
   bsrLinearTransposed,
   bsrLinearTransposedAsync,
   sddmm,

@@ -60,6 +60,7 @@ export interface NativeLinearOptions {
   out?: Float32Array | null;
 }
 
+/** Options of the grouped sparse-experts ops (nmGroupedLinear, bsrGroupedLinear). */
 export interface NativeNMGroupedOptions {
   gated?: boolean;
   activation?: ActivationName;
@@ -127,6 +128,13 @@ export interface NativeBinding extends NativeCudaBinding {
   prepackBsrLinear(w: RawBsr): PackedBsrLinear;
   bsrLinear(x: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: NativeLinearOptions): Float32Tensor;
   bsrLinearAsync(x: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
+  bsrGroupedLinear(xs: Float32Tensor, expertOffsets: Int32Array, experts: readonly PackedBsrLinear[], options?: NativeNMGroupedOptions): Float32Tensor;
+  bsrGroupedLinearAsync(
+    xs: Float32Tensor,
+    expertOffsets: Int32Array,
+    experts: readonly PackedBsrLinear[],
+    options?: NativeNMGroupedOptions,
+  ): Promise<Float32Tensor>;
   bsrLinearTransposed(dy: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: { out?: Float32Array | null }): Float32Tensor;
   bsrLinearTransposedAsync(
     dy: Float32Tensor,

@@ -13,7 +13,7 @@
  * per-expert calls, no full intermediate of both products). BSR experts run
  * one `bsrLinear` per expert, with `glu` between gate/up and down.
  */
-import { BlockSparseMatrix, bsrLinear, prepackBsrLinear, type PackedBsrLinear } from './bsr';
+import { BlockSparseMatrix, bsrGroupedLinear, bsrLinear, prepackBsrLinear, type PackedBsrLinear } from './bsr';
 import { combine, glu, permute, type ExpertPlan } from './experts';
 import type { ActivationName } from './native';
 import { NMSparseMatrix, nmGroupedLinear, nmLinear, prepackNM, type PackedNMLinear } from './nm';
@@ -70,17 +70,18 @@ export class SparseExperts {
   }
 
   /**
-   * Every expert at once over `xs` grouped by `expertOffsets` (N:M only; see
-   * `nmGroupedLinear`): plain `act(xs·W_eᵀ)`, or with `gated` the stacked
-   * gate/up product `act(gate) ⊙ up`.
+   * Every expert at once over `xs` grouped by `expertOffsets` (see
+   * `nmGroupedLinear` / `bsrGroupedLinear`): plain `act(xs·W_eᵀ)`, or with
+   * `gated` the stacked gate/up product `act(gate) ⊙ up`.
    */
   grouped(
     xs: Float32Tensor,
     expertOffsets: Int32Array,
     options: { gated?: boolean; activation?: ActivationName; out?: Float32Array } = {},
   ): Float32Tensor {
-    if (this.spec.format !== 'nm') throw new TypeError('SparseExperts.grouped: only N:M experts run grouped');
-    return nmGroupedLinear(xs, expertOffsets, this.packed as PackedNMLinear[], options);
+    return this.spec.format === 'nm'
+      ? nmGroupedLinear(xs, expertOffsets, this.packed as PackedNMLinear[], options)
+      : bsrGroupedLinear(xs, expertOffsets, this.packed as PackedBsrLinear[], options);
   }
 
   /** `act(x·W_eᵀ + bias)` for one expert's rows. */
@@ -134,7 +135,11 @@ export function sparseExpertsForward(
   const act = options.activation ?? 'silu';
   const f = down.inFeatures;
   const ys = scratch(gateUp, 'ys', rows * d);
-  if (gateUp.spec.format === 'nm' && down.spec.format === 'nm') {
+  // Grouped (one call per projection, gating fused) unless a BSR gate/up
+  // split would cut through block rows (ffn not a multiple of the block height).
+  const gs = gateUp.spec;
+  const blockRows = gs.format === 'bsr' ? (typeof gs.blockSize === 'number' ? gs.blockSize : gs.blockSize[0]) : 1;
+  if (gs.format === down.spec.format && f % blockRows === 0) {
     const h = gateUp.grouped(xs, plan.expertOffsets, { gated: true, activation: act, out: scratch(gateUp, 'h', rows * f) });
     return combine(down.grouped(h, plan.expertOffsets, { out: ys }), plan);
   }

@@ -36,13 +36,18 @@ const specs: SparseExpertFormat[] = [
   { format: 'bsr', blockSize: [4, 8], density: 0.5 },
   { format: 'nm', n: 2, m: 4 },
   { format: 'nm', n: 1, m: 8 },
+  // ffn 24 is not a multiple of the 16-row blocks: the per-expert path with a GLU pass
+  { format: 'bsr', blockSize: [16, 8], density: 0.5 },
+  // enough token tiles for the grouped kernels
+  { format: 'bsr', blockSize: 8, density: 0.25 },
+  { format: 'nm', n: 2, m: 4 },
 ];
 
 checkOp({
   name: 'sparseExpertsForward',
   samples: () => {
     const rng = new Rng(90);
-    const cases: [number, number, number][] = [[1, 4, 2], [23, 8, 2], [64, 16, 4], [9, 3, 3]];
+    const cases: [number, number, number][] = [[1, 4, 2], [23, 8, 2], [64, 16, 4], [9, 3, 3], [40, 4, 2], [300, 4, 2], [300, 8, 2]];
     const out: { label: string; inputs: In }[] = [];
     for (const [i, spec] of specs.entries()) {
       const [T, E, k] = cases[i];

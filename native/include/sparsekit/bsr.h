@@ -71,6 +71,9 @@ struct BsrKernels {
   int (*linear)(const float* x, int64_t m, const BsrPackedView& w, const float* bias, Activation act, float* y);
   // out[nnz, br, bc] = (a[m, k] · b[n, k]ᵀ) on the blocks of `mask` ([m, n]). Returns a kBsr* code.
   int (*sddmm)(const float* a, int64_t m, int64_t k, const float* b, int64_t n, const BsrView& mask, float* out);
+  // Grouped over experts (see bsr_grouped_linear). Returns a kBsr* code.
+  int (*grouped_linear)(const BsrPackedView* w, int64_t experts, const int32_t* offsets, const float* xs,
+                        int64_t gate_rows, Activation act, float* y);
 };
 
 // nullptr when this binary has no variant for `isa`.
@@ -102,6 +105,16 @@ struct BsrLinearArgs {
 
 // With a packed weight: runs the kernel the weight was packed for.
 Status bsr_linear_packed(const BsrLinearArgs& a, const PackedBsr& w);
+
+// Grouped block-sparse experts: for each expert e, rows offsets[e] ..
+// offsets[e+1] of xs [rows, cols] times w[e]ᵀ, in one call over the pool.
+// gate_rows = 0: y [rows, out] = act(xs·Wᵀ). gate_rows > 0: each w[e] stacks
+// gate rows [0, gate_rows) over up rows [gate_rows, 2·gate_rows) (gate_rows a
+// multiple of the block height) and y [rows, gate_rows] = act(gate) ⊙ up.
+// Every w[e] has the same shape, block shape and kernels; offsets start at 0,
+// do not decrease, and end at the row count.
+Status bsr_grouped_linear(const PackedBsr* const* w, int64_t experts, const int32_t* offsets, const float* xs,
+                          int64_t gate_rows, Activation act, float* y);
 // With a plain validated W: packs into a per-thread workspace, then runs.
 Status bsr_linear(const BsrLinearArgs& a, const BsrView& w, Isa isa);
 // dx[m, w.cols] = dy[m, w.rows] · W (a.k must be w.rows; bias/act unused).

@@ -3,12 +3,14 @@
 // without ISA flags. Packing and the format operations only move data (no
 // arithmetic worth vectorising per ISA), so they have one portable
 // implementation here; the products live in bsr_<isa>.cc.
+#include <vector>
 #include <algorithm>
 #include <cmath>
 #include <new>
 #include <string>
 
 #include "sparsekit/bsr.h"
+#include "sparsekit/experts.h"
 #include "sparsekit/runtime.h"
 #include "sparsekit/thread_pool.h"
 
@@ -225,6 +227,52 @@ Status bsr_pack(const BsrView& w, Isa isa, std::shared_ptr<PackedBsr>* out) {
 Status bsr_linear_packed(const BsrLinearArgs& a, const PackedBsr& w) {
   if (a.k != w.cols) return Status::Range("x width does not match W's in");
   return from_code(w.kernels->linear(a.x, a.m, w.view(), a.bias, a.act, a.y));
+}
+
+Status bsr_grouped_linear(const PackedBsr* const* w, int64_t experts, const int32_t* offsets, const float* xs,
+                          int64_t gate_rows, Activation act, float* y) {
+  if (experts < 1) return Status::Range("at least one expert is needed");
+  const PackedBsr& w0 = *w[0];
+  std::vector<BsrPackedView> views(static_cast<size_t>(experts));
+  for (int64_t e = 0; e < experts; ++e) {
+    const PackedBsr& we = *w[e];
+    if (we.rows != w0.rows || we.cols != w0.cols || we.br != w0.br || we.bc != w0.bc)
+      return Status::Range("expert " + std::to_string(e) + " is [" + std::to_string(we.rows) + ", " +
+                           std::to_string(we.cols) + "] in " + std::to_string(we.br) + "x" + std::to_string(we.bc) +
+                           " blocks but expert 0 is [" + std::to_string(w0.rows) + ", " + std::to_string(w0.cols) +
+                           "] in " + std::to_string(w0.br) + "x" + std::to_string(w0.bc) + " blocks");
+    if (we.kernels != w0.kernels) return Status::Invalid("experts were packed for different instruction sets");
+    views[static_cast<size_t>(e)] = we.view();
+  }
+  if (gate_rows < 0 || (gate_rows > 0 && (2 * gate_rows != w0.rows || gate_rows % w0.br != 0)))
+    return Status::Range("a gated call needs each expert to stack gate and up rows (out = 2 * gate_rows) with gate_rows a multiple of the block height");
+  if (offsets[0] != 0) return Status::Range("offsets must start at 0");
+  int64_t tiles = 0, most = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    if (offsets[e + 1] < offsets[e]) return Status::Range("offsets must not decrease");
+    tiles += (offsets[e + 1] - offsets[e] + 15) / 16;
+    most = std::max<int64_t>(most, offsets[e + 1] - offsets[e]);
+  }
+  // The grouped kernel parallelises over token tiles. With few of them
+  // (decode) each expert runs linear(), which also splits its rows over the
+  // pool, and the gate is applied after. The choice depends on the offsets
+  // only, never on the thread count, so results do not either.
+  if (tiles >= 16)
+    return from_code(w0.kernels->grouped_linear(views.data(), experts, offsets, xs, gate_rows, act, y));
+  const int64_t n = gate_rows > 0 ? gate_rows : w0.rows;
+  std::vector<float> tmp;
+  if (gate_rows > 0) tmp.resize(static_cast<size_t>(most * w0.rows));
+  for (int64_t e = 0; e < experts; ++e) {
+    const int64_t r = offsets[e + 1] - offsets[e];
+    if (r == 0) continue;
+    const float* xe = xs + int64_t(offsets[e]) * w0.cols;
+    float* ye = y + int64_t(offsets[e]) * n;
+    int code = w0.kernels->linear(xe, r, views[size_t(e)], nullptr, gate_rows > 0 ? Activation::kNone : act,
+                                  gate_rows > 0 ? tmp.data() : ye);
+    if (code != kBsrOk) return from_code(code);
+    if (gate_rows > 0) glu_rows(tmp.data(), r, n, act, ye);
+  }
+  return Status::Ok();
 }
 
 Status bsr_linear(const BsrLinearArgs& a, const BsrView& w, Isa isa) {

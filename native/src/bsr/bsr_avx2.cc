@@ -15,7 +15,7 @@ struct BsrCfg_avx2 {
   static constexpr int64_t kPanelBytes = 384 * 1024;
 };
 using B = BsrImpl<BsrCfg_avx2>;
-const BsrKernels kKernels = {Isa::kAvx2, "f32-bsr-6x16-avx2-fma", B::RMAX, &B::linear, &B::sddmm};
+const BsrKernels kKernels = {Isa::kAvx2, "f32-bsr-6x16-avx2-fma", B::RMAX, &B::linear, &B::sddmm, &B::grouped_linear};
 }  // namespace
 
 const BsrKernels* bsr_kernels_avx2() { return &kKernels; }

@@ -15,7 +15,7 @@ struct BsrCfg_avx512 {
   static constexpr int64_t kPanelBytes = 768 * 1024;
 };
 using B = BsrImpl<BsrCfg_avx512>;
-const BsrKernels kKernels = {Isa::kAvx512, "f32-bsr-8x16-avx512f", B::RMAX, &B::linear, &B::sddmm};
+const BsrKernels kKernels = {Isa::kAvx512, "f32-bsr-8x16-avx512f", B::RMAX, &B::linear, &B::sddmm, &B::grouped_linear};
 }  // namespace
 
 const BsrKernels* bsr_kernels_avx512() { return &kKernels; }

@@ -420,6 +420,95 @@ struct BsrImpl {
     return oom ? kBsrOutOfMemory : kBsrOk;
   }
 
+  // Grouped over experts: for each expert e, rows offsets[e] .. offsets[e+1]
+  // of xs times ws[e]ᵀ, one task per (expert, token tile) in one task list (no
+  // per-expert barrier; empty experts add no tasks). A task packs its tile's
+  // x panel and walks every row group of its expert's W over all of k, as
+  // linear() does with one K slice, so each y element is the same FMA chain.
+  // gate_rows = 0: y [Σ rows, out] = act(xs·Wᵀ). gate_rows > 0 (a multiple
+  // of br): each W stacks gate rows [0, gate_rows) over up rows, and
+  // y [Σ rows, gate_rows] = act(gate) ⊙ up: a task's gate runs (all before
+  // its up runs, in row order) land in y, and each up run gates them in
+  // place while its values are still in the stage. Every W has the same
+  // shape, block shape and packing.
+  static int grouped_linear(const BsrPackedView* ws, int64_t experts, const int32_t* offsets, const float* xs,
+                            int64_t gate_rows, Activation act, float* y) {
+    const BsrPackedView& w0 = ws[0];
+    const int64_t n = w0.rows, k = w0.cols, br = w0.br, bc = w0.bc, nbr = n / br;
+    const int64_t out = gate_rows > 0 ? gate_rows : n, gate_br = gate_rows > 0 ? gate_rows / br : nbr;
+    if (w0.max_group_rows != RMAX) return kBsrWrongPacking;
+    const Groups gs{w0.groups, w0.group_base, w0.group_extra};
+    int64_t total = 0, busy = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t r = offsets[e + 1] - offsets[e];
+      total += r, busy += r > 0;
+    }
+    if (total == 0) return kBsrOk;
+    const int opt = choose_option(sk_ceil_div(total, busy), k, gs.rows(0));
+    const int64_t nr = static_cast<int64_t>(Cfg::kNrv[opt]) * W;
+    const PackFn pack = pack_x(opt);
+    Ukernel uks[RMAX];
+    for (int r = 1; r <= RMAX && r <= gs.rows(0); ++r) uks[r - 1] = ukernel(opt, bc, r);
+    ScratchArray<int64_t> task_base(experts + 1);
+    if (!task_base.data()) return kBsrOutOfMemory;
+    int64_t* tb = task_base.data();
+    tb[0] = 0;
+    for (int64_t e = 0; e < experts; ++e) tb[e + 1] = tb[e] + sk_ceil_div(offsets[e + 1] - offsets[e], nr);
+    std::atomic<bool> oom{false};
+    const int64_t groups = nbr * gs.count;
+    ThreadPool::instance().parallel_for(tb[experts], [&](int64_t task, int) {
+      int64_t e = 0, hi = experts - 1;  // last e with tb[e] <= task < tb[e + 1]
+      while (e < hi) {
+        const int64_t mid = (e + hi + 1) / 2;
+        if (tb[mid] <= task) e = mid; else hi = mid - 1;
+      }
+      while (e < experts - 1 && tb[e + 1] <= task) ++e;
+      const BsrPackedView& w = ws[e];
+      const int64_t rows_e = offsets[e + 1] - offsets[e], t0 = (task - tb[e]) * nr, tv = sk_min64(nr, rows_e - t0);
+      float* panel = thread_workspace(static_cast<size_t>(nr * k), 2);
+      if (!panel) {
+        oom = true;
+        return;
+      }
+      pack(xs + (static_cast<int64_t>(offsets[e]) + t0) * k, tv, k, 0, 1, panel);
+      float* ye = y + (static_cast<int64_t>(offsets[e]) + t0) * out;
+      alignas(64) float stage[kTileFloats * (kRun + RMAX)];
+      alignas(64) float up[kTileFloats * (kRun + RMAX)];
+      for (int64_t ga = 0; ga < groups;) {
+        // The run: groups [ga, gb), at most kRun rows, all on one side of the gate/up boundary.
+        const bool gate_side = ga / gs.count < gate_br;
+        int64_t gb = ga, run_rows = 0;
+        while (gb < groups && run_rows + gs.rows(static_cast<int>(gb % gs.count)) <= kRun &&
+               (gb / gs.count < gate_br) == gate_side) {
+          run_rows += gs.rows(static_cast<int>(gb % gs.count));
+          ++gb;
+        }
+        const int64_t run0 = (ga / gs.count) * br + gs.first_row(static_cast<int>(ga % gs.count));
+        int64_t off = 0;
+        for (int64_t gi = ga; gi < gb; ++gi) {
+          const int64_t R = gi / gs.count;
+          const int g = static_cast<int>(gi % gs.count);
+          const int rows = gs.rows(g);
+          const int64_t p0 = w.row_ptr[R], p1 = w.row_ptr[R + 1];
+          const float* a = w.packed + p0 * br * bc + gs.first_row(g) * (p1 - p0) * bc;
+          uks[rows - 1](p1 - p0, w.col_idx + p0, a, panel, bc, stage + off * nr, false);
+          off += rows;
+        }
+        if (gate_rows == 0 || gate_side) {
+          write_transposed(stage, nr, run_rows, tv, ye + run0, out);
+          if (gate_rows == 0 && act != Activation::kNone)
+            for (int64_t q = 0; q < tv; ++q) sk_epilogue_row(ye + q * out + run0, nullptr, run_rows, act);
+        } else {
+          const int64_t c0 = run0 - gate_rows;
+          write_transposed(stage, nr, run_rows, tv, up, run_rows);
+          for (int64_t q = 0; q < tv; ++q) sk_gate_row(ye + q * out + c0, up + q * run_rows, run_rows, act);
+        }
+        ga = gb;
+      }
+    });
+    return oom ? kBsrOutOfMemory : kBsrOk;
+  }
+
   // sddmm picks the dense micro-kernel's tile when its width NR divides the
   // block width (b is then packed once and blocks are written in place), a
   // one-vector-wide tile of 8 rows when only the vector width divides it

@@ -15,7 +15,7 @@ struct BsrCfg_neon {
   static constexpr int64_t kPanelBytes = 384 * 1024;
 };
 using B = BsrImpl<BsrCfg_neon>;
-const BsrKernels kKernels = {Isa::kNeon, "f32-bsr-6x16-neon", B::RMAX, &B::linear, &B::sddmm};
+const BsrKernels kKernels = {Isa::kNeon, "f32-bsr-6x16-neon", B::RMAX, &B::linear, &B::sddmm, &B::grouped_linear};
 }  // namespace
 
 const BsrKernels* bsr_kernels_neon() { return &kKernels; }

@@ -15,7 +15,7 @@ struct BsrCfg_scalar {
   static constexpr int64_t kPanelBytes = 256 * 1024;
 };
 using B = BsrImpl<BsrCfg_scalar>;
-const BsrKernels kKernels = {Isa::kScalar, "f32-bsr-4x4-scalar", B::RMAX, &B::linear, &B::sddmm};
+const BsrKernels kKernels = {Isa::kScalar, "f32-bsr-4x4-scalar", B::RMAX, &B::linear, &B::sddmm, &B::grouped_linear};
 }  // namespace
 
 const BsrKernels* bsr_kernels_scalar() { return &kKernels; }

@@ -1,11 +1,23 @@
-// nmGroupedLinear: every expert's N:M product in one call, plain and gated
-// (stacked gate/up, act(gate) ⊙ up), against a float64 per-expert loop over
-// the matrices' own toDense(). Uneven groups with empty experts, decode-sized
-// groups (the row-streaming path), tile-sized groups, ffn not a multiple of
-// the 4-row panel (the up half starts mid-panel), tuned and generic patterns.
+// nmGroupedLinear / bsrGroupedLinear: every expert's sparse product in one
+// call, plain and gated (stacked gate/up, act(gate) ⊙ up), against a float64
+// per-expert loop over the matrices' own toDense(). Uneven groups with empty
+// experts, decode-sized groups (the per-expert paths), tile-sized groups.
+// N:M: ffn not a multiple of the 4-row panel (the up half starts mid-panel),
+// tuned and generic patterns. BSR: several block shapes, densities.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { NMSparseMatrix, nmGroupedLinear, nmGroupedLinearAsync, prepackNM, type PackedNMLinear } from '../lib/index';
+import {
+  BlockSparseMatrix,
+  NMSparseMatrix,
+  bsrGroupedLinear,
+  bsrGroupedLinearAsync,
+  nmGroupedLinear,
+  nmGroupedLinearAsync,
+  prepackBsrLinear,
+  prepackNM,
+  type PackedBsrLinear,
+  type PackedNMLinear,
+} from '../lib/index';
 import { checkBadInputs, checkOp } from './harness';
 import { Rng } from './reference/rng';
 
@@ -14,7 +26,7 @@ type T2 = { data: Float32Array; shape: number[] };
 interface In {
   xs: T2;
   offsets: Int32Array;
-  experts: NMSparseMatrix[];
+  experts: { rows: number; toDense(): T2 }[];
   gated: boolean;
   activation: 'none' | 'relu' | 'silu' | 'gelu';
 }
@@ -44,7 +56,7 @@ function act64(a: string, v: number): number {
 
 function reference(s: In): Float64Array {
   const d = s.xs.shape[1];
-  const out = s.experts[0].rows;
+  const out = s.experts[0].toDense().shape[0];
   const n = s.gated ? out / 2 : out;
   const rows = s.xs.shape[0];
   const y = new Float64Array(rows * n);
@@ -68,6 +80,31 @@ function groupsOf(sizes: number[]): Int32Array {
   return o;
 }
 
+interface GroupedCase {
+  sizes: number[];
+  d: number;
+  gated: boolean;
+  act: In['activation'];
+}
+
+/** One sample per case: tokens grouped by `sizes`, one expert matrix per group. */
+function groupedSamples<C extends GroupedCase>(
+  rng: Rng,
+  cases: C[],
+  expert: (c: C, caseIndex: number, e: number) => In['experts'][number],
+  label: (c: C) => string,
+): { label: string; inputs: In }[] {
+  return cases.map((c, i) => {
+    const offsets = groupsOf(c.sizes);
+    const rows = offsets[c.sizes.length];
+    const experts = c.sizes.map((_, e) => expert(c, i, e));
+    return {
+      label: `${label(c)} d=${c.d} groups=[${c.sizes}] gated=${c.gated} ${c.act}`,
+      inputs: { xs: { data: rng.floats(rows * c.d), shape: [rows, c.d] }, offsets, experts, gated: c.gated, activation: c.act },
+    };
+  });
+}
+
 checkOp({
   name: 'nmGroupedLinear',
   samples: () => {
@@ -81,19 +118,42 @@ checkOp({
       { sizes: [0, 0, 5, 0], out: 16, d: 16, n: 2, m: 4, gated: false, act: 'none' }, // one expert takes all
       { sizes: [257], out: 97, d: 32, n: 2, m: 8, gated: false, act: 'none' },
     ];
-    return cases.map((c, i) => {
-      const offsets = groupsOf(c.sizes);
-      const rows = offsets[c.sizes.length];
-      const experts = c.sizes.map((_, e) => NMSparseMatrix.random(c.out, c.d, { n: c.n, m: c.m }, { seed: 1000 * i + e }));
-      return {
-        label: `${c.n}:${c.m} out=${c.out} d=${c.d} groups=[${c.sizes}] gated=${c.gated} ${c.act}`,
-        inputs: { xs: { data: rng.floats(rows * c.d), shape: [rows, c.d] }, offsets, experts, gated: c.gated, activation: c.act },
-      };
-    });
+    return groupedSamples(
+      rng,
+      cases,
+      (c, i, e) => NMSparseMatrix.random(c.out, c.d, { n: c.n, m: c.m }, { seed: 1000 * i + e }),
+      (c) => `${c.n}:${c.m} out=${c.out}`,
+    );
   },
-  prepare: (s: In) => s.experts.map((W) => prepackNM(W)),
+  prepare: (s: In) => (s.experts as NMSparseMatrix[]).map((W) => prepackNM(W)),
   run: (p: PackedNMLinear[], s) => nmGroupedLinear(s.xs, s.offsets, p, { gated: s.gated, activation: s.activation }),
   runAsync: (p: PackedNMLinear[], s) => nmGroupedLinearAsync(s.xs, s.offsets, p, { gated: s.gated, activation: s.activation }),
+  reference,
+  tolerance: 1e-5,
+});
+
+checkOp({
+  name: 'bsrGroupedLinear',
+  samples: () => {
+    const rng = new Rng(505);
+    const cases: { sizes: number[]; out: number; d: number; bs: [number, number]; density: number; gated: boolean; act: In['activation'] }[] = [
+      { sizes: [0, 37, 5, 90, 200], out: 64, d: 64, bs: [8, 8], density: 0.25, gated: true, act: 'silu' },
+      { sizes: [1, 0, 2, 1], out: 48, d: 32, bs: [8, 8], density: 0.5, gated: true, act: 'gelu' }, // decode: per-expert path
+      { sizes: [150, 130], out: 96, d: 48, bs: [16, 16], density: 0.4, gated: true, act: 'silu' },
+      { sizes: [3, 64, 0, 170], out: 40, d: 32, bs: [4, 8], density: 0.3, gated: false, act: 'relu' },
+      { sizes: [260], out: 36, d: 20, bs: [1, 4], density: 0.5, gated: true, act: 'silu' },
+      { sizes: [90, 0, 200], out: 64, d: 64, bs: [32, 32], density: 0.5, gated: false, act: 'none' },
+    ];
+    return groupedSamples(
+      rng,
+      cases,
+      (c, i, e) => BlockSparseMatrix.random({ shape: [c.out, c.d], blockSize: c.bs, density: c.density, seed: 100 * i + e + 1 }),
+      (c) => `${c.bs.join('x')}@${c.density} out=${c.out}`,
+    );
+  },
+  prepare: (s: In) => (s.experts as BlockSparseMatrix[]).map((W) => prepackBsrLinear(W)),
+  run: (p: PackedBsrLinear[], s) => bsrGroupedLinear(s.xs, s.offsets, p, { gated: s.gated, activation: s.activation }),
+  runAsync: (p: PackedBsrLinear[], s) => bsrGroupedLinearAsync(s.xs, s.offsets, p, { gated: s.gated, activation: s.activation }),
   reference,
   tolerance: 1e-5,
 });
@@ -135,4 +195,17 @@ checkBadInputs('nmGroupedLinear', [
   { label: 'bad activation', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { activation: 'tanh' as never }), error: RangeError, message: /activation/ },
   { label: 'out too short', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { gated: true, out: new Float32Array(11) }), error: RangeError, message: /out/ },
   { label: 'async: patterns differ', call: () => nmGroupedLinearAsync(xs3, groupsOf([1, 2]), [P4, P8]), error: RangeError, message: /experts\[1\]/ },
+]);
+
+const B8 = prepackBsrLinear(BlockSparseMatrix.random({ shape: [16, 16], blockSize: [8, 8], density: 0.5, seed: 3 }));
+const B4 = prepackBsrLinear(BlockSparseMatrix.random({ shape: [16, 16], blockSize: [4, 4], density: 0.5, seed: 4 }));
+const B12 = prepackBsrLinear(BlockSparseMatrix.random({ shape: [24, 16], blockSize: [8, 8], density: 0.5, seed: 5 }));
+checkBadInputs('bsrGroupedLinear', [
+  { label: 'experts not an array', call: () => bsrGroupedLinear(xs3, groupsOf([3]), B8 as never), error: TypeError, message: /experts/ },
+  { label: 'N:M expert', call: () => bsrGroupedLinear(xs3, groupsOf([3]), [P4 as never]), error: TypeError, message: /experts\[0\]/ },
+  { label: 'block shapes differ', call: () => bsrGroupedLinear(xs3, groupsOf([1, 2]), [B8, B4]), error: RangeError, message: /experts\[1\]/ },
+  { label: 'width ≠ in', call: () => bsrGroupedLinear({ data: new Float32Array(24), shape: [3, 8] }, groupsOf([3]), [B8]), error: RangeError, message: /xs\.shape\[1\]/ },
+  { label: 'offsets end ≠ rows', call: () => bsrGroupedLinear(xs3, new Int32Array([0, 2]), [B8]), error: RangeError, message: /xs\.shape\[0\]/ },
+  { label: 'gate split inside a block row', call: () => bsrGroupedLinear(xs3, groupsOf([3]), [B12], { gated: true }), error: RangeError, message: /block/ },
+  { label: 'async: block shapes differ', call: () => bsrGroupedLinearAsync(xs3, groupsOf([1, 2]), [B8, B4]), error: RangeError, message: /experts\[1\]/ },
 ]);
