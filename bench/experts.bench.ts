@@ -407,7 +407,7 @@ async function runShape(
         h.note(
           `${key} sparse experts T=${T} (2 threads; GFLOP/s counts the dense FLOPs): bsr 32×32 25% ${sp25.toFixed(2)}× dense experts` +
             `${T === 512 ? (sp25 >= 2.5 ? ' ✓≥2.5' : ' ✗<2.5') : ''}, 2:4 ${sp24.toFixed(2)}×${T === 512 ? (sp24 >= 1.3 ? ' ✓≥1.3' : ' ✗<1.3') : ''} ` +
-            `(sparseExpertsForward: BSR as one bsrLinear per expert with glu between; 2:4 as two grouped nmGroupedLinear calls, gate/up with the gating fused, then down; gate/up stacked per expert and pruned together, down pruned alone).`,
+            `(sparseExpertsForward: two grouped calls, bsrGroupedLinear / nmGroupedLinear, gate/up with the gating fused, then down; gate/up stacked per expert and pruned together, down pruned alone).`,
         );
       }
     }
