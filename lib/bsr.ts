@@ -16,7 +16,7 @@
  */
 import { native, type PackedBsrLinear, type RawBsr } from './native';
 import type { LinearOptions } from './dense';
-import type { NMGroupedOptions } from './nm';
+import type { GroupedSparseOptions } from './sparse-options';
 import { randomTensor, type Float32Tensor, type Tensor } from './tensor';
 
 export type { PackedBsrLinear };
@@ -277,7 +277,7 @@ export function bsrGroupedLinear(
   xs: Float32Tensor,
   expertOffsets: Int32Array,
   experts: readonly PackedBsrLinear[],
-  options?: NMGroupedOptions,
+  options?: GroupedSparseOptions,
 ): Float32Tensor {
   return native.bsrGroupedLinear(xs, expertOffsets, experts, options);
 }
@@ -287,7 +287,7 @@ export function bsrGroupedLinearAsync(
   xs: Float32Tensor,
   expertOffsets: Int32Array,
   experts: readonly PackedBsrLinear[],
-  options?: NMGroupedOptions,
+  options?: GroupedSparseOptions,
 ): Promise<Float32Tensor> {
   return native.bsrGroupedLinearAsync(xs, expertOffsets, experts, options);
 }

@@ -61,7 +61,7 @@ export interface NativeLinearOptions {
 }
 
 /** Options of the grouped sparse-experts ops (nmGroupedLinear, bsrGroupedLinear). */
-export interface NativeNMGroupedOptions {
+export interface NativeGroupedSparseOptions {
   gated?: boolean;
   activation?: ActivationName;
   out?: Float32Array | null;
@@ -128,12 +128,12 @@ export interface NativeBinding extends NativeCudaBinding {
   prepackBsrLinear(w: RawBsr): PackedBsrLinear;
   bsrLinear(x: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: NativeLinearOptions): Float32Tensor;
   bsrLinearAsync(x: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
-  bsrGroupedLinear(xs: Float32Tensor, expertOffsets: Int32Array, experts: readonly PackedBsrLinear[], options?: NativeNMGroupedOptions): Float32Tensor;
+  bsrGroupedLinear(xs: Float32Tensor, expertOffsets: Int32Array, experts: readonly PackedBsrLinear[], options?: NativeGroupedSparseOptions): Float32Tensor;
   bsrGroupedLinearAsync(
     xs: Float32Tensor,
     expertOffsets: Int32Array,
     experts: readonly PackedBsrLinear[],
-    options?: NativeNMGroupedOptions,
+    options?: NativeGroupedSparseOptions,
   ): Promise<Float32Tensor>;
   bsrLinearTransposed(dy: Float32Tensor, w: RawBsr | PackedBsrLinear, options?: { out?: Float32Array | null }): Float32Tensor;
   bsrLinearTransposedAsync(
@@ -191,12 +191,12 @@ export interface NativeBinding extends NativeCudaBinding {
   nmLinearAsync(x: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;
   nmLinearTransposed(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Float32Tensor;
   nmLinearTransposedAsync(dy: Float32Tensor, w: NativeNMParts | PackedNMLinear, options?: { out?: Float32Array | null }): Promise<Float32Tensor>;
-  nmGroupedLinear(xs: Float32Tensor, expertOffsets: Int32Array, experts: readonly PackedNMLinear[], options?: NativeNMGroupedOptions): Float32Tensor;
+  nmGroupedLinear(xs: Float32Tensor, expertOffsets: Int32Array, experts: readonly PackedNMLinear[], options?: NativeGroupedSparseOptions): Float32Tensor;
   nmGroupedLinearAsync(
     xs: Float32Tensor,
     expertOffsets: Int32Array,
     experts: readonly PackedNMLinear[],
-    options?: NativeNMGroupedOptions,
+    options?: NativeGroupedSparseOptions,
   ): Promise<Float32Tensor>;
 }
 

@@ -41,6 +41,7 @@
  *   multiplied.
  */
 import { native, type ActivationName, type PackedNMLinear } from './native';
+import type { GroupedSparseOptions } from './sparse-options';
 import type { Float32Tensor } from './tensor';
 
 export type { PackedNMLinear };
@@ -300,20 +301,6 @@ export function nmLinearAsync(
   return native.nmLinearAsync(x, W, options);
 }
 
-/** Options of {@link nmGroupedLinear}. */
-export interface NMGroupedOptions {
-  /**
-   * Gated experts (SwiGLU / GeGLU): every expert's matrix stacks its gate rows
-   * over its up rows (`[2·ffn, in]`, gate first) and the result is
-   * `act(xs·W_gateᵀ) ⊙ (xs·W_upᵀ)`, `[rows, ffn]`. Default false.
-   */
-  gated?: boolean;
-  /** Applied to each product (plain) or to the gate (gated; default 'silu'). Default 'none' when plain. */
-  activation?: ActivationName;
-  /** Preallocated result, `[rows, out]` (plain) or `[rows, out / 2]` (gated). */
-  out?: Float32Array | null;
-}
-
 /**
  * Grouped N:M experts: for each expert e, rows `expertOffsets[e] … expertOffsets[e+1]`
  * of `xs: [rows, in]` times `experts[e]ᵀ`, in one call that schedules the tiles
@@ -328,7 +315,7 @@ export function nmGroupedLinear(
   xs: Float32Tensor,
   expertOffsets: Int32Array,
   experts: readonly PackedNMLinear[],
-  options?: NMGroupedOptions,
+  options?: GroupedSparseOptions,
 ): Float32Tensor {
   return native.nmGroupedLinear(xs, expertOffsets, experts, options);
 }
@@ -341,7 +328,7 @@ export function nmGroupedLinearAsync(
   xs: Float32Tensor,
   expertOffsets: Int32Array,
   experts: readonly PackedNMLinear[],
-  options?: NMGroupedOptions,
+  options?: GroupedSparseOptions,
 ): Promise<Float32Tensor> {
   return native.nmGroupedLinearAsync(xs, expertOffsets, experts, options);
 }

@@ -8,15 +8,17 @@
  * BSR the density applies to that stacked matrix: its strongest blocks are
  * kept, wherever they fall (gate or up).
  *
- * N:M experts run grouped: one `nmGroupedLinear` call computes every expert's
- * gate/up product with the gating fused, one more the down product (no
- * per-expert calls, no full intermediate of both products). BSR experts run
- * one `bsrLinear` per expert, with `glu` between gate/up and down.
+ * Both formats run grouped: one `nmGroupedLinear` / `bsrGroupedLinear` call
+ * computes every expert's gate/up product with the gating fused, one more the
+ * down product (no per-expert calls, no full intermediate of both products).
+ * Only BSR experts whose ffn is not whole block rows fall back to one
+ * `bsrLinear` per expert with `glu` between gate/up and down.
  */
 import { BlockSparseMatrix, bsrGroupedLinear, bsrLinear, prepackBsrLinear, type PackedBsrLinear } from './bsr';
 import { combine, glu, permute, type ExpertPlan } from './experts';
 import type { ActivationName } from './native';
 import { NMSparseMatrix, nmGroupedLinear, nmLinear, prepackNM, type PackedNMLinear } from './nm';
+import type { GroupedSparseOptions } from './sparse-options';
 import type { Float32Tensor } from './tensor';
 
 export type SparseExpertFormat =
@@ -77,7 +79,7 @@ export class SparseExperts {
   grouped(
     xs: Float32Tensor,
     expertOffsets: Int32Array,
-    options: { gated?: boolean; activation?: ActivationName; out?: Float32Array } = {},
+    options: GroupedSparseOptions = {},
   ): Float32Tensor {
     return this.spec.format === 'nm'
       ? nmGroupedLinear(xs, expertOffsets, this.packed as PackedNMLinear[], options)

@@ -457,12 +457,7 @@ struct BsrImpl {
     std::atomic<bool> oom{false};
     const int64_t groups = nbr * gs.count;
     ThreadPool::instance().parallel_for(tb[experts], [&](int64_t task, int) {
-      int64_t e = 0, hi = experts - 1;  // last e with tb[e] <= task < tb[e + 1]
-      while (e < hi) {
-        const int64_t mid = (e + hi + 1) / 2;
-        if (tb[mid] <= task) e = mid; else hi = mid - 1;
-      }
-      while (e < experts - 1 && tb[e + 1] <= task) ++e;
+      const int64_t e = sk_owner(tb, experts, task);
       const BsrPackedView& w = ws[e];
       const int64_t rows_e = offsets[e + 1] - offsets[e], t0 = (task - tb[e]) * nr, tv = sk_min64(nr, rows_e - t0);
       float* panel = thread_workspace(static_cast<size_t>(nr * k), 2);

@@ -39,6 +39,20 @@ struct LocalArray {
   T* p;
 };
 
+// The owner of item i in a list cut into `count` consecutive runs, run q
+// holding items [base[q], base[q+1]): the last q with base[q] <= i < base[q+1]
+// (runs may be empty). The grouped expert ops use it to map a task or panel
+// index back to its expert.
+SK_INLINE int64_t sk_owner(const int64_t* base, int64_t count, int64_t i) {
+  int64_t lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (base[mid] <= i) lo = mid; else hi = mid - 1;
+  }
+  while (lo < count - 1 && base[lo + 1] <= i) ++lo;
+  return lo;
+}
+
 
 struct ScalarVec {
   using T = float;

@@ -475,23 +475,14 @@ struct Gemm {
         }
       return;
     }
-    auto expert_of = [&](const LocalArray<int64_t>& base, int64_t i) {
-      int64_t lo = 0, hi = n_experts - 1;  // last e with base[e] <= i and base[e+1] > i
-      while (lo < hi) {
-        int64_t mid = (lo + hi + 1) / 2;
-        if (base[mid] <= i) lo = mid; else hi = mid - 1;
-      }
-      while (lo < n_experts - 1 && base[lo + 1] <= i) ++lo;
-      return lo;
-    };
     pool.parallel_for(panel_base[n_experts], [&](int64_t p, int) {
-      int64_t e = expert_of(panel_base, p);
+      int64_t e = sk_owner(panel_base.p, n_experts, p);
       int64_t rows = offsets[e + 1] - offsets[e];
       pack_x_panel(xs + static_cast<int64_t>(offsets[e]) * k, rows, k, p - panel_base[e],
                    workspace + panel_base[e] * k * MR);
     });
     pool.parallel_for(task_base[n_experts], [&](int64_t t, int) {
-      int64_t e = expert_of(task_base, t);
+      int64_t e = sk_owner(task_base.p, n_experts, t);
       const Plan& pl = plans[e];
       int64_t lt = t - task_base[e];
       int64_t rows = offsets[e + 1] - offsets[e];

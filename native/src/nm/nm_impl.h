@@ -390,20 +390,26 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
 
 // dst[tile][k][TT] = src[tile·TT + t][k] (zero past m): token tiles transposed
 // so one column's tokens are contiguous. Parallel over (tile, block of k).
-SK_INLINE void nm_pack_tiles(const float* src, int64_t m, int64_t k, int64_t tt_size, float* dst) {
-  const int64_t tiles = nm_cdiv(m, tt_size), kb = 256, kblocks = nm_cdiv(k, kb);
-  ThreadPool::instance().parallel_for(tiles * kblocks, [&](int64_t task, int) {
-    int64_t tile = task / kblocks, k0 = (task % kblocks) * kb, k1 = nm_min(k, k0 + kb);
-    float* d = dst + tile * k * tt_size;
-    for (int64_t t = 0; t < tt_size; ++t) {
-      int64_t tok = tile * tt_size + t;
-      if (tok < m) {
-        const float* s = src + tok * k;
-        for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt_size + t] = s[kk];
-      } else {
-        for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt_size + t] = 0.f;
-      }
+// Columns [k0, k1) of one token tile: d[kk][t] = src[t][kk] for the tile's
+// first `valid` tokens (rows of src, k floats apart), 0 for the rest.
+SK_INLINE void nm_pack_tile_cols(const float* src, int64_t valid, int64_t k, int64_t k0, int64_t k1, int64_t tt_size,
+                                 float* d) {
+  for (int64_t t = 0; t < tt_size; ++t) {
+    if (t < valid) {
+      const float* s = src + t * k;
+      for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt_size + t] = s[kk];
+    } else {
+      for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt_size + t] = 0.f;
     }
+  }
+}
+constexpr int64_t kNmPackCols = 256;  // columns per packing task
+
+SK_INLINE void nm_pack_tiles(const float* src, int64_t m, int64_t k, int64_t tt_size, float* dst) {
+  const int64_t tiles = nm_cdiv(m, tt_size), kblocks = nm_cdiv(k, kNmPackCols);
+  ThreadPool::instance().parallel_for(tiles * kblocks, [&](int64_t task, int) {
+    const int64_t tile = task / kblocks, k0 = (task % kblocks) * kNmPackCols, k1 = nm_min(k, k0 + kNmPackCols);
+    nm_pack_tile_cols(src + tile * tt_size * k, m - tile * tt_size, k, k0, k1, tt_size, dst + tile * k * tt_size);
   });
 }
 
@@ -681,37 +687,20 @@ struct NmDriver {
     if (np == 0) return true;
     float* xp = thread_workspace(size_t(xfloats), 0);
     if (!xp) return false;
-    auto owner = [&](const LocalArray<int64_t>& base, int64_t i) {
-      int64_t lo = 0, hi = np - 1;  // last part with base[q] <= i < base[q + 1]
-      while (lo < hi) {
-        int64_t mid = (lo + hi + 1) / 2;
-        if (base[mid] <= i) lo = mid; else hi = mid - 1;
-      }
-      while (lo < np - 1 && base[lo + 1] <= i) ++lo;
-      return lo;
-    };
     // Pack every part's token tiles ([K][tt] each), in one parallel pass.
-    const int64_t kb = 256, kblocks = nm_cdiv(K, kb);
+    const int64_t kblocks = nm_cdiv(K, kNmPackCols);
     ThreadPool::instance().parallel_for(tile_base[np] * kblocks, [&](int64_t task, int) {
-      const int64_t tile = task / kblocks, k0 = (task % kblocks) * kb, k1 = nm_min(K, k0 + kb);
-      const int64_t qi = owner(tile_base, tile);
+      const int64_t tile = task / kblocks, k0 = (task % kblocks) * kNmPackCols, k1 = nm_min(K, k0 + kNmPackCols);
+      const int64_t qi = sk_owner(tile_base.p, np, tile);
       const Part& q = parts[qi];
-      const int64_t lt = tile - tile_base[qi], tt = q.tt;
-      float* d = xp + q.xoff + lt * K * tt;
-      for (int64_t t = 0; t < tt; ++t) {
-        const int64_t tok = lt * tt + t;
-        if (tok < q.ntok) {
-          const float* src = xs + (int64_t(offsets[q.e]) + q.tok0 + tok) * K;
-          for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt + t] = src[kk];
-        } else {
-          for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt + t] = 0.f;
-        }
-      }
+      const int64_t lt = tile - tile_base[qi];
+      nm_pack_tile_cols(xs + (int64_t(offsets[q.e]) + q.tok0 + lt * q.tt) * K, q.ntok - lt * q.tt, K, k0, k1, q.tt,
+                        xp + q.xoff + lt * K * q.tt);
     });
     Scratch scr(gate_rows > 0 ? 2 * per : per);
     if (scr.failed) return false;
     ThreadPool::instance().parallel_for(task_base[np], [&](int64_t task, int worker) {
-      const int64_t qi = owner(task_base, task), lt = task - task_base[qi];
+      const int64_t qi = sk_owner(task_base.p, np, task), lt = task - task_base[qi];
       const Part& q = parts[qi];
       const int64_t rb = lt % n_rb, g = lt / n_rb;
       const int64_t r0 = rb * kMC, r1 = nm_min(out, r0 + kMC);
