@@ -189,13 +189,18 @@ static void test_grouped() {
   std::mt19937 rng(23);
   std::uniform_real_distribution<float> u(-1, 1);
   struct Case { int64_t experts; std::vector<int32_t> sizes; };
-  const Case cases[] = {{4, {0, 37, 5, 90}}, {3, {1, 0, 2}}, {5, {64, 64, 0, 129, 3}}, {1, {200}}, {2, {0, 0}}};
+  // Uneven groups: small experts, whole main tiles with a narrower tail
+  // tile riding along (130 = 2·64 + 2, 72, 136), tails as wide as the main
+  // tiles (119, 100), empty experts.
+  const Case cases[] = {{4, {0, 37, 5, 90}},  {3, {1, 0, 2}},   {5, {64, 64, 0, 129, 3}}, {1, {200}},
+                        {2, {0, 0}},          {3, {130, 72, 136}}, {4, {119, 100, 9, 66}}};
   const Pattern pats[] = {{2, 4}, {1, 4}, {1, 8}, {3, 4}};
   for (const Pattern& p : pats)
     for (int64_t out : {int64_t(38), int64_t(96), int64_t(202)})
       for (const Case& c : cases)
         for (int gated = 0; gated < 2; ++gated) {
-          const int64_t E = c.experts, cols = p.m * (3 + int64_t(rng() % 20));
+          // up to 600 columns: several column blocks for every tile width
+          const int64_t E = c.experts, cols = p.m * (3 + int64_t(rng() % (600 / p.m)));
           NmShape s{out, cols, p.n, p.m};
           const int64_t kept = nm_kept_per_row(s), ib = nm_index_bytes_per_row(s);
           std::vector<int32_t> off(E + 1, 0);

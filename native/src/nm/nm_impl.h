@@ -333,10 +333,11 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
 // (q + R ≤ kNmPanelRows for the first row q), full chunks only. The panel
 // layout puts every row's chunk c at a fixed offset from one values pointer
 // and one index pointer, so the tile needs two pointers and the x block
-// pointer whatever R is. Index decoding is a shift and a mask per value: the
+// pointer whatever R is. Index decoding is a rotate and a mask per value: the
 // chunk's index word is pre-shifted so that (word >> l·B) & ((M−1) << SH) is
 // already the byte offset idx · TT · 4 of the x row when TT · 4 = 2^SH (the
-// group's first column is an immediate displacement); other widths multiply.
+// group's first column is an immediate displacement); other widths multiply
+// that by the odd factor of TT · 4.
 //   pv: values of chunk 0 of row q; pm: its index bytes; xc: x rows of the
 //   first column of chunk 0; nc chunks.
 template <class V, class P, int R, int TV, int S>
@@ -344,8 +345,10 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
                                              float* __restrict acc_io, bool load, const char* pfv, const char* pfm) {
   using T = typename V::T;
   constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC, PR = P::PR, W = V::W, TT = TV * W;
-  constexpr bool kPow2 = ((TT * 4) & (TT * 4 - 1)) == 0;
+  // TT · 4 = ODD · 2^SH: the pre-shifted word gives idx · 2^SH, times ODD (a
+  // lea for 3, 5, 9) off the FMAs' critical path.
   constexpr int SH = __builtin_ctz(unsigned(TT * 4));
+  constexpr uint64_t ODD = uint64_t(TT * 4) >> SH;
   static_assert(R <= PR, "a panel tile stays inside one panel");
   const char* xc = reinterpret_cast<const char*>(xc_f);
   T acc[S][R][TV];
@@ -361,20 +364,15 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
     for (int r = 0; r < R; ++r) {
       uint32_t x;
       std::memcpy(&x, pm + r * B, 4);  // B bytes (and up to 3 more inside the padded panel)
-      word[r] = kPow2 ? uint64_t(x) << SH : uint64_t(x);
+      word[r] = uint64_t(x) << SH;
     }
 #pragma GCC unroll 8
     for (int l = 0; l < 8; ++l) {
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
-        uint64_t off;
-        if constexpr (kPow2) {
-          // a rotate (not a shift) lets the compiler keep the word and use one non-destructive op
-          const uint64_t rot = l == 0 ? word[r] : (word[r] >> (l * B)) | (word[r] << ((64 - l * B) & 63));
-          off = rot & (uint64_t(M - 1) << SH);
-        } else {
-          off = ((word[r] >> (l * B)) & (M - 1)) * uint64_t(TT * 4);
-        }
+        // a rotate (not a shift) lets the compiler keep the word and use one non-destructive op
+        const uint64_t rot = l == 0 ? word[r] : (word[r] >> (l * B)) | (word[r] << ((64 - l * B) & 63));
+        const uint64_t off = (rot & (uint64_t(M - 1) << SH)) * ODD;
         const float* xr = reinterpret_cast<const float*>(xc + (l / N) * M * TT * 4 + off);
         T b = V::bcast(pv + r * 8 + l);
 #pragma GCC unroll 16
@@ -505,72 +503,99 @@ struct NmDriver {
     return nm_min(tg, nm_max(1, nm_cdiv(tiles, nm_cdiv(4 * threads, nm_cdiv(rows, kMC)))));
   }
 
-  // One task of the tiled forward: output rows [r0, r1) (rows rbase + r of w:
-  // rbase > 0 is the up half of a stacked gate/up matrix) against token tiles
-  // [t0, t1) of xp (tiles of TT tokens, [K][TT] each), summed over all of K
-  // into scratch[(tt − t0)·kMC + (r − r0)][TT].
+  // One column block [c0, c1) of one token tile (xs: the tile's packed x,
+  // [K][TV·W]; `last`: the block that also takes the values past the last
+  // full chunk) for output rows [r0, r1) (rows rbase + r of w: rbase > 0 is
+  // the up half of a stacked gate/up matrix), into acc[(r − r0)][TV·W]
+  // (added to what is there unless c0 = 0). `first`: the task's first tile
+  // on this block, which prefetches W ahead; xnext: the next tile's x slice
+  // of this block (xbytes), prefetched a share per panel.
   template <class P, int R, int TV, int S>
-  static void tiled_task(const PackedNm& w, int64_t rbase, const float* xp, int64_t r0, int64_t r1, int64_t t0,
-                         int64_t t1, float* scratch) {
+  static void tile_block(const PackedNm& w, int64_t rbase, const float* xs, int64_t r0, int64_t r1, int64_t c0,
+                         int64_t c1, bool last, bool first, const char* xnext, int64_t xbytes, float* acc_tile) {
     constexpr int TT = TV * W;
-    const int64_t K = w.shape.cols, kept = w.kept, chunks = kept / 8;
-    const int64_t kc_chunks = kc_chunks_of<P, TT>(w);
-    const int64_t n_kb = nm_max(1, nm_cdiv(chunks, kc_chunks));
+    const int64_t kept = w.kept, chunks = kept / 8;
     // The panel tile needs a tile's R rows inside one packed panel.
     bool panel_ok = true;
     if constexpr (P::kTuned) panel_ok = rbase % P::PR == 0;
+    const int64_t n_panels = nm_cdiv(r1 - r0, R), xshare = nm_cdiv(nm_cdiv(xbytes, 64), n_panels) * 64;
+    for (int64_t p = r0, pi = 0; p < r1; p += R, ++pi) {
+      typename P::Row rr[R];
+      // A partial panel repeats its last row; the extra results land in unused scratch.
+      for (int i = 0; i < R; ++i) rr[i] = P::row(w, rbase + nm_min(p + i, r1 - 1));
+      // Generic patterns (and unaligned row bases): W rows two tiles ahead,
+      // prefetched in one go (the panel tile prefetches inside itself,
+      // below): W streams from memory once per block and the row-by-row
+      // jumps are too long for the hardware prefetcher.
+      if (!(P::kTuned && panel_ok) && first)
+        prefetch_rows<P>(w, rbase + p + 2 * R, rbase + nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
+      if (xnext)
+        for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
+      float* acc = acc_tile + (p - r0) * TT;
+      if constexpr (P::kTuned) {
+        if (panel_ok) {
+          const int64_t g = rbase + p, q = g % P::PR;
+          const float* pv = w.values.data() + (g / P::PR) * w.vstride + q * 8 + c0 * (P::PR * 8);
+          const uint8_t* pm = w.meta.data() + (g / P::PR) * w.mstride + q * P::B + c0 * (P::PR * P::B);
+          // The panel kNmPfPanels ahead in this task's walk (past the end of
+          // the row block: the first panels of the next column block), one
+          // chunk per chunk computed, on the first visit to a panel. Spread
+          // this way, the prefetches keep W streaming at a steady rate; in
+          // one burst per panel they left the tile waiting on memory.
+          const char *pfv = nullptr, *pfm = nullptr;
+          if (first && q == 0) {
+            int64_t pp = g / P::PR + kNmPfPanels, pc0 = c0;
+            if (pp * P::PR >= rbase + r1) pp -= nm_cdiv(r1 - r0, P::PR), pc0 = c1;  // wraps to row block start
+            if (pp * P::PR < rbase + r1 && pc0 < chunks) {
+              pfv = reinterpret_cast<const char*>(w.values.data() + pp * w.vstride + pc0 * (P::PR * 8));
+              pfm = reinterpret_cast<const char*>(w.meta.data() + pp * w.mstride + pc0 * (P::PR * P::B));
+            }
+          }
+          nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, c0 > 0, pfv, pfm);
+          if (last && kept > chunks * 8) nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc, true);
+          continue;
+        }
+      }
+      nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, c0 > 0);
+    }
+  }
+
+  // A narrower tile that joins a task's column-block walk after its main
+  // tiles (an expert's last tokens): it reads each W block while the main
+  // tiles have just brought it into cache, instead of streaming W again.
+  using BlockFn = void (*)(const PackedNm&, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, bool, bool,
+                           const char*, int64_t, float*);
+  struct TailTile {
+    BlockFn block;    // tile_block of the tail's tile shape
+    const float* xs;  // its packed x, [K][its width]
+    float* acc;       // its sums, [kMC][its width]
+  };
+
+  // One task of the tiled forward: output rows [r0, r1) (rows rbase + r of w)
+  // against token tiles [t0, t1) of xp (tiles of TT tokens, [K][TT] each),
+  // summed over all of K into scratch[(tt − t0)·kMC + (r − r0)][TT], and the
+  // tail tile, if any, into its own sums.
+  template <class P, int R, int TV, int S>
+  static void tiled_task(const PackedNm& w, int64_t rbase, const float* xp, int64_t r0, int64_t r1, int64_t t0,
+                         int64_t t1, float* scratch, const TailTile* tail = nullptr) {
+    constexpr int TT = TV * W;
+    const int64_t K = w.shape.cols, chunks = w.kept / 8;
+    const int64_t kc_chunks = kc_chunks_of<P, TT>(w);
+    const int64_t n_kb = nm_max(1, nm_cdiv(chunks, kc_chunks));
     for (int64_t kb = 0; kb < n_kb; ++kb) {
       const int64_t c0 = kb * kc_chunks, c1 = nm_min(chunks, c0 + kc_chunks);
       const bool last = kb == n_kb - 1;
       // x columns of this block: [xc0, xc1) of every tile's xp
       const int64_t xc0 = nm_min(K, c0 * P::chunk_cols(w.shape));
       const int64_t xc1 = last ? K : nm_min(K, c1 * P::chunk_cols(w.shape));
-      const int64_t n_panels = nm_cdiv(r1 - r0, R);
       for (int64_t tt = t0; tt < t1; ++tt) {
         const float* xs = xp + tt * K * TT;
         // The next tile's x slice, a share per panel, so it is in cache when its turn comes.
         const char* xnext = tt + 1 < t1 ? reinterpret_cast<const char*>(xs + K * TT + xc0 * TT) : nullptr;
-        const int64_t xbytes = (xc1 - xc0) * TT * 4, xshare = nm_cdiv(nm_cdiv(xbytes, 64), n_panels) * 64;
-        for (int64_t p = r0, pi = 0; p < r1; p += R, ++pi) {
-          typename P::Row rr[R];
-          // A partial panel repeats its last row; the extra results land in unused scratch.
-          for (int i = 0; i < R; ++i) rr[i] = P::row(w, rbase + nm_min(p + i, r1 - 1));
-          // Generic patterns (and unaligned row bases): W rows two tiles
-          // ahead, prefetched in one go (the panel tile prefetches inside
-          // itself, below): W streams from memory once per block and the
-          // row-by-row jumps are too long for the hardware prefetcher.
-          if (!(P::kTuned && panel_ok) && tt == t0)
-            prefetch_rows<P>(w, rbase + p + 2 * R, rbase + nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
-          if (xnext)
-            for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
-          float* acc = scratch + ((tt - t0) * kMC + (p - r0)) * TT;
-          if constexpr (P::kTuned) {
-            if (panel_ok) {
-              const int64_t g = rbase + p, q = g % P::PR;
-              const float* pv = w.values.data() + (g / P::PR) * w.vstride + q * 8 + c0 * (P::PR * 8);
-              const uint8_t* pm = w.meta.data() + (g / P::PR) * w.mstride + q * P::B + c0 * (P::PR * P::B);
-              // The panel kNmPfPanels ahead in this task's walk (past the end of
-              // the row block: the first panels of the next column block), one
-              // chunk per chunk computed, on the first visit to a panel. Spread
-              // this way, the prefetches keep W streaming at a steady rate; in
-              // one burst per panel they left the tile waiting on memory.
-              const char *pfv = nullptr, *pfm = nullptr;
-              if (tt == t0 && q == 0) {
-                int64_t pp = g / P::PR + kNmPfPanels, pc0 = c0;
-                if (pp * P::PR >= rbase + r1) pp -= nm_cdiv(r1 - r0, P::PR), pc0 = c1;  // wraps to row block start
-                if (pp * P::PR < rbase + r1 && pc0 < chunks) {
-                  pfv = reinterpret_cast<const char*>(w.values.data() + pp * w.vstride + pc0 * (P::PR * 8));
-                  pfm = reinterpret_cast<const char*>(w.meta.data() + pp * w.mstride + pc0 * (P::PR * P::B));
-                }
-              }
-              nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, kb > 0, pfv, pfm);
-              if (last && kept > chunks * 8) nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc, true);
-              continue;
-            }
-          }
-          nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, kb > 0);
-        }
+        tile_block<P, R, TV, S>(w, rbase, xs, r0, r1, c0, c1, last, tt == t0, xnext, (xc1 - xc0) * TT * 4,
+                                scratch + (tt - t0) * kMC * TT);
       }
+      if (tail) tail->block(w, rbase, tail->xs, r0, r1, c0, c1, last, t1 == t0, nullptr, 0, tail->acc);
     }
   }
 
@@ -640,11 +665,14 @@ struct NmDriver {
   // act(xs·Wgᵀ) ⊙ (xs·Wuᵀ), the two products of a row block computed by one
   // task from the same packed x tiles. Every W has the same shape and pattern.
   //
-  // An expert's tokens are cut into a part of whole tiles of the main width
-  // (tv, from the mean group size) and a tail part of the rest, whose tile
-  // width is what the tail alone would take (tile_tv): routed groups are
-  // uneven, and padding each one's last tile to the main width wasted ~20 % of
-  // the work at Mixtral's T = 512. The cut depends on the offsets only.
+  // An expert's tokens are cut into whole tiles of the main width (tv, from
+  // the mean group size) and a tail tile of the rest, whose width is what the
+  // tail alone would take (tile_tv): routed groups are uneven, and padding
+  // each one's last tile to the main width wasted ~20 % of the work at
+  // Mixtral's T = 512. The tail rides along in the task that holds the
+  // expert's last main tiles, on the same W blocks: as a task of its own it
+  // streamed W from memory again, and an expert of 130 tokens cost 11 % more
+  // than one of 128. The cut depends on the offsets only.
   template <class P>
   static bool run_grouped(const PackedNm* const* ws, int64_t experts, const int32_t* offsets, const float* xs,
                           int64_t gate_rows, Activation act, float* y, int tv_main) {
@@ -653,49 +681,54 @@ struct NmDriver {
     const int n = w0.shape.n, mm = w0.shape.m;
     const int64_t n_rb = nm_cdiv(out, kMC);
     struct Part {
-      int64_t e, tok0, ntok;  // tokens [tok0, tok0 + ntok) of expert e
-      int tv;                 // tile width in vectors
-      int64_t tt, tiles, tg;  // tokens per tile, tiles, tiles per task
-      int64_t xoff;           // floats into the packed x
+      int64_t e, ntok;         // expert, its rows
+      int tv, tv_tail;         // main tile width, tail tile width (0: no tail), in vectors
+      int64_t tt, tiles, tg;   // main: tokens per tile, tiles, tiles per task
+      int64_t tail_tok, tt_tail;  // tail: tokens, tile width in tokens
+      int64_t xoff;            // floats into the packed x (main tiles, then the tail)
+      int64_t groups;          // tasks per row block
     };
-    LocalArray<Part> parts(2 * experts);
-    LocalArray<int64_t> tile_base(2 * experts + 1), task_base(2 * experts + 1);
+    LocalArray<Part> parts(experts);
+    LocalArray<int64_t> tile_base(experts + 1), task_base(experts + 1);
     int64_t np = 0, xfloats = 0, per = 1;
     tile_base[0] = task_base[0] = 0;
     for (int64_t e = 0; e < experts; ++e) {
       const int64_t rows = offsets[e + 1] - offsets[e], tt_main = int64_t(tv_main) * W;
-      const int64_t full = rows / tt_main * tt_main;
-      for (int pi = 0; pi < 2; ++pi) {
-        const int64_t tok0 = pi == 0 ? 0 : full, ntok = pi == 0 ? full : rows - full;
-        if (ntok == 0) continue;
-        Part& q = parts[np];
-        q.e = e, q.tok0 = tok0, q.ntok = ntok;
-        q.tv = pi == 0 ? tv_main : tile_tv(ntok, n, mm, P::kTuned);
-        q.tt = int64_t(q.tv) * W, q.tiles = nm_cdiv(ntok, q.tt);
-        with_tv<P>(q.tv, [&](auto, auto tv, auto) {
-          q.tg = tiles_per_task<decltype(tv)::value * W>(q.tiles, out);
-          return true;
-        });
-        q.xoff = xfloats;
-        xfloats += q.tiles * q.tt * K;
-        per = nm_max(per, kMC * q.tg * q.tt);
-        tile_base[np + 1] = tile_base[np] + q.tiles;
-        task_base[np + 1] = task_base[np] + n_rb * nm_cdiv(q.tiles, q.tg);
-        ++np;
+      if (rows == 0) continue;
+      const int64_t full = rows / tt_main * tt_main, rem = rows - full;
+      Part& q = parts[np];
+      q.e = e, q.ntok = rows, q.tv = tv_main, q.tv_tail = 0, q.tail_tok = 0, q.tt_tail = 0;
+      if (rem > 0) {
+        const int tv_rem = tile_tv(rem, n, mm, P::kTuned);
+        if (full == 0) q.tv = tv_rem;             // a small expert: its own width
+        else if (tv_rem != tv_main) q.tv_tail = tv_rem, q.tail_tok = rem, q.tt_tail = int64_t(tv_rem) * W;
       }
+      q.tt = int64_t(q.tv) * W;
+      q.tiles = nm_cdiv(rows - q.tail_tok, q.tt);
+      with_tv<P>(q.tv, [&](auto, auto tv, auto) {
+        q.tg = tiles_per_task<decltype(tv)::value * W>(q.tiles, out);
+        return true;
+      });
+      q.groups = nm_cdiv(q.tiles, q.tg);
+      q.xoff = xfloats;
+      xfloats += (q.tiles * q.tt + q.tt_tail) * K;
+      per = nm_max(per, kMC * (q.tg * q.tt + q.tt_tail));
+      tile_base[np + 1] = tile_base[np] + q.tiles + (q.tv_tail ? 1 : 0);
+      task_base[np + 1] = task_base[np] + n_rb * q.groups;
+      ++np;
     }
     if (np == 0) return true;
     float* xp = thread_workspace(size_t(xfloats), 0);
     if (!xp) return false;
-    // Pack every part's token tiles ([K][tt] each), in one parallel pass.
+    // Pack every expert's token tiles ([K][tt] each, the tail [K][tt_tail]), in one parallel pass.
     const int64_t kblocks = nm_cdiv(K, kNmPackCols);
     ThreadPool::instance().parallel_for(tile_base[np] * kblocks, [&](int64_t task, int) {
       const int64_t tile = task / kblocks, k0 = (task % kblocks) * kNmPackCols, k1 = nm_min(K, k0 + kNmPackCols);
       const int64_t qi = sk_owner(tile_base.p, np, tile);
       const Part& q = parts[qi];
       const int64_t lt = tile - tile_base[qi];
-      nm_pack_tile_cols(xs + (int64_t(offsets[q.e]) + q.tok0 + lt * q.tt) * K, q.ntok - lt * q.tt, K, k0, k1, q.tt,
-                        xp + q.xoff + lt * K * q.tt);
+      const int64_t tok = lt * q.tt, width = lt < q.tiles ? q.tt : q.tt_tail;
+      nm_pack_tile_cols(xs + (int64_t(offsets[q.e]) + tok) * K, q.ntok - tok, K, k0, k1, width, xp + q.xoff + tok * K);
     });
     Scratch scr(gate_rows > 0 ? 2 * per : per);
     if (scr.failed) return false;
@@ -708,15 +741,32 @@ struct NmDriver {
       float* scratch = scr.get(worker);
       if (!scratch) return;
       const float* xq = xp + q.xoff;
-      float* yq = y + (int64_t(offsets[q.e]) + q.tok0) * out;
+      float* yq = y + int64_t(offsets[q.e]) * out;
       float* up = gate_rows > 0 ? scratch + per : nullptr;
+      // The tail joins the expert's last group; its sums follow the main tiles' in scratch.
+      const bool with_tail = q.tv_tail > 0 && g == q.groups - 1;
+      const int64_t tail_at = kMC * q.tg * q.tt, tail_tok0 = q.tiles * q.tt;
+      TailTile tg{}, tu{};
+      if (with_tail)
+        with_tv<P>(q.tv_tail, [&](auto r, auto tv, auto sv) {
+          constexpr int R = decltype(r)::value, TV = decltype(tv)::value, S = decltype(sv)::value;
+          tg = {&tile_block<P, R, TV, S>, xq + tail_tok0 * K, scratch + tail_at};
+          tu = {&tile_block<P, R, TV, S>, xq + tail_tok0 * K, up ? up + tail_at : nullptr};
+          return true;
+        });
       with_tv<P>(q.tv, [&](auto r, auto tv, auto sv) {
         constexpr int R = decltype(r)::value, TV = decltype(tv)::value, S = decltype(sv)::value;
-        tiled_task<P, R, TV, S>(*ws[q.e], 0, xq, r0, r1, t0, t1, scratch);
-        if (up) tiled_task<P, R, TV, S>(*ws[q.e], gate_rows, xq, r0, r1, t0, t1, up);
-        store_task<TV * W>(scratch, up, q.ntok, out, r0, r1, t0, t1, nullptr, act, yq);
+        tiled_task<P, R, TV, S>(*ws[q.e], 0, xq, r0, r1, t0, t1, scratch, with_tail ? &tg : nullptr);
+        if (up) tiled_task<P, R, TV, S>(*ws[q.e], gate_rows, xq, r0, r1, t0, t1, up, with_tail ? &tu : nullptr);
+        store_task<TV * W>(scratch, up, q.ntok - q.tail_tok, out, r0, r1, t0, t1, nullptr, act, yq);
         return true;
       });
+      if (with_tail)
+        with_tv<P>(q.tv_tail, [&](auto, auto tv, auto) {
+          store_task<decltype(tv)::value * W>(scratch + tail_at, up ? up + tail_at : nullptr, q.tail_tok, out, r0, r1, 0,
+                                              1, nullptr, act, yq + tail_tok0 * out);
+          return true;
+        });
     });
     return !scr.failed;
   }
