@@ -42,7 +42,11 @@
 //   the panel two ahead in the task's walk one chunk per chunk it computes, so
 //   W streams at a steady rate (one burst of prefetches per panel left the
 //   tile waiting on memory: ~15% of the 16-token time). R × TV: 4 × 1 (two
-//   chains per row), 4 × 2, 2 × 4, 1 × 8.
+//   chains per row), 4 × 2, 2 × 4, 1 × 8, and for the denser patterns
+//   1 × 5..7 (two chains) and 1 × 9, 1 × 10, so that an uneven token count
+//   (a routed expert's group) gets tiles that fit it (split_tiles). A task
+//   runs all its tiles on each column block while the block's W is in
+//   cache, whatever their widths.
 //
 // Every output element is one chain of FMAs over its row's kept values in
 // column order (kernel B; narrow tiles split it into two chains, even and odd
@@ -487,20 +491,10 @@ struct NmDriver {
     }
   }
 
-  // Column blocks (in chunks) whose xp slice (columns × TT floats) fits L1.
-  template <class P, int TT>
-  static int64_t kc_chunks_of(const PackedNm& w) {
-    return nm_max(1, Cfg::kL1Floats / TT / P::chunk_cols(w.shape));
-  }
-
-  // Token tiles per task for m tokens in `tiles` tiles against `rows` output
-  // rows: bounded scratch, and enough tasks to balance the pool. The partition
-  // never changes a result, only who computes it.
-  template <int TT>
-  static int64_t tiles_per_task(int64_t tiles, int64_t rows) {
-    const int threads = ThreadPool::instance().num_threads();
-    int64_t tg = nm_max(1, nm_min(tiles, 512 / TT));
-    return nm_min(tg, nm_max(1, nm_cdiv(tiles, nm_cdiv(4 * threads, nm_cdiv(rows, kMC)))));
+  // Column blocks (in chunks) whose xp slice (columns × tt floats) fits L1.
+  template <class P>
+  static int64_t kc_chunks_of(const PackedNm& w, int64_t tt) {
+    return nm_max(1, Cfg::kL1Floats / tt / P::chunk_cols(w.shape));
   }
 
   // One column block [c0, c1) of one token tile (xs: the tile's packed x,
@@ -560,213 +554,213 @@ struct NmDriver {
     }
   }
 
-  // A narrower tile that joins a task's column-block walk after its main
-  // tiles (an expert's last tokens): it reads each W block while the main
-  // tiles have just brought it into cache, instead of streaming W again.
+  // A token tile of a task: the tile_block of its width, its packed x
+  // ([K][tt]) and its sums ([kMC][tt]).
   using BlockFn = void (*)(const PackedNm&, int64_t, const float*, int64_t, int64_t, int64_t, int64_t, bool, bool,
                            const char*, int64_t, float*);
-  struct TailTile {
-    BlockFn block;    // tile_block of the tail's tile shape
-    const float* xs;  // its packed x, [K][its width]
-    float* acc;       // its sums, [kMC][its width]
+  struct TaskTile {
+    BlockFn block;
+    const float* xs;
+    float* acc;
+    int64_t tt;
   };
+  static constexpr int kMaxTaskTiles = 16;
 
-  // One task of the tiled forward: output rows [r0, r1) (rows rbase + r of w)
-  // against token tiles [t0, t1) of xp (tiles of TT tokens, [K][TT] each),
-  // summed over all of K into scratch[(tt − t0)·kMC + (r − r0)][TT], and the
-  // tail tile, if any, into its own sums.
-  template <class P, int R, int TV, int S>
-  static void tiled_task(const PackedNm& w, int64_t rbase, const float* xp, int64_t r0, int64_t r1, int64_t t0,
-                         int64_t t1, float* scratch, const TailTile* tail = nullptr) {
-    constexpr int TT = TV * W;
-    const int64_t K = w.shape.cols, chunks = w.kept / 8;
-    const int64_t kc_chunks = kc_chunks_of<P, TT>(w);
+  template <class P>
+  static BlockFn block_fn(int tv) {
+    BlockFn f = nullptr;
+    with_tv<P>(tv, [&](auto r, auto v, auto s) {
+      // null (and the call fails) should a width ever map to another tile's
+      if (decltype(v)::value == tv) f = &tile_block<P, decltype(r)::value, decltype(v)::value, decltype(s)::value>;
+      return true;
+    });
+    return f;
+  }
+
+  // One task: output rows [r0, r1) (rows rbase + r of w) against its token
+  // tiles, summed over all of K a column block at a time (kc_chunks chunks:
+  // the widest tile's x slice fits L1), every tile on a block while the
+  // block's W is in cache: W streams from memory once per task.
+  template <class P>
+  static void run_task(const PackedNm& w, int64_t rbase, const TaskTile* t, int nt, int64_t r0, int64_t r1,
+                       int64_t kc_chunks) {
+    const int64_t K = w.shape.cols, chunks = w.kept / 8, cc = P::chunk_cols(w.shape);
     const int64_t n_kb = nm_max(1, nm_cdiv(chunks, kc_chunks));
     for (int64_t kb = 0; kb < n_kb; ++kb) {
       const int64_t c0 = kb * kc_chunks, c1 = nm_min(chunks, c0 + kc_chunks);
       const bool last = kb == n_kb - 1;
       // x columns of this block: [xc0, xc1) of every tile's xp
-      const int64_t xc0 = nm_min(K, c0 * P::chunk_cols(w.shape));
-      const int64_t xc1 = last ? K : nm_min(K, c1 * P::chunk_cols(w.shape));
-      for (int64_t tt = t0; tt < t1; ++tt) {
-        const float* xs = xp + tt * K * TT;
-        // The next tile's x slice, a share per panel, so it is in cache when its turn comes.
-        const char* xnext = tt + 1 < t1 ? reinterpret_cast<const char*>(xs + K * TT + xc0 * TT) : nullptr;
-        tile_block<P, R, TV, S>(w, rbase, xs, r0, r1, c0, c1, last, tt == t0, xnext, (xc1 - xc0) * TT * 4,
-                                scratch + (tt - t0) * kMC * TT);
+      const int64_t xc0 = nm_min(K, c0 * cc), xc1 = last ? K : nm_min(K, c1 * cc);
+      for (int i = 0; i < nt; ++i) {
+        // The next tile's x slice, a share per row step, so it is in cache when its turn comes.
+        const TaskTile* nx = i + 1 < nt ? &t[i + 1] : nullptr;
+        const char* xnext = nx ? reinterpret_cast<const char*>(nx->xs + xc0 * nx->tt) : nullptr;
+        t[i].block(w, rbase, t[i].xs, r0, r1, c0, c1, last, i == 0, xnext, nx ? (xc1 - xc0) * nx->tt * 4 : 0, t[i].acc);
       }
-      if (tail) tail->block(w, rbase, tail->xs, r0, r1, c0, c1, last, t1 == t0, nullptr, 0, tail->acc);
     }
   }
 
-  // Writes a task's sums (scratch as tiled_task left them) to y [tokens, ldy]
-  // at column r0: y = act(s + bias), or with `up` (the up product's sums, same
-  // layout) y = act(s) ⊙ up. m: tokens of the token tiles' owner.
-  template <int TT>
-  static void store_task(const float* scratch, const float* up, int64_t m, int64_t ldy, int64_t r0, int64_t r1,
-                         int64_t t0, int64_t t1, const float* bias, Activation act, float* y) {
+  // Writes one tile's sums (acc [r1 − r0][tt], as tile_block leaves them) for
+  // its first tn tokens to y [tokens, ldy] at column r0: y = act(s + bias),
+  // or with `up` (the up product's sums, same layout) y = act(s) ⊙ up.
+  static void store_tile(const float* acc, const float* up, int64_t tn, int64_t tt, int64_t ldy, int64_t r0, int64_t r1,
+                         const float* bias, Activation act, float* y) {
     alignas(64) float ub[kMC * 8];
-    for (int64_t tt = t0; tt < t1; ++tt) {
-      const int64_t tn = nm_min(TT, m - tt * TT), nr = r1 - r0;
-      float* yt = y + tt * TT * ldy + r0;
-      auto transpose = [&](const float* sc, float* out, int64_t ld, int64_t tb, int64_t te) {
-        // [rows][tokens] → [tokens][rows] in 8 × 8 blocks, cache lines used whole.
-        for (int64_t i0 = 0; i0 < nr; i0 += 8)
-          for (int64_t t0b = tb; t0b < te; t0b += 8)
-            for (int64_t t = t0b; t < nm_min(te, t0b + 8); ++t)
-              for (int64_t i = i0; i < nm_min(nr, i0 + 8); ++i) out[(t - tb) * ld + i] = sc[i * TT + t];
-      };
-      const float* sc = scratch + (tt - t0) * kMC * TT;
-      transpose(sc, yt, ldy, 0, tn);
-      if (!up) {
-        for (int64_t t = 0; t < tn; ++t) sk_epilogue_row(yt + t * ldy, bias ? bias + r0 : nullptr, nr, act);
-        continue;
-      }
-      // Gated: the up sums, 8 tokens at a time, beside the gate row they scale.
-      const float* us = up + (tt - t0) * kMC * TT;
-      for (int64_t tb = 0; tb < tn; tb += 8) {
-        const int64_t te = nm_min(tn, tb + 8);
-        transpose(us, ub, nr, tb, te);
-        for (int64_t t = tb; t < te; ++t) sk_gate_row(yt + t * ldy, ub + (t - tb) * nr, nr, act);
-      }
+    const int64_t nr = r1 - r0;
+    float* yt = y + r0;
+    auto transpose = [&](const float* sc, float* out, int64_t ld, int64_t tb, int64_t te) {
+      // [rows][tokens] → [tokens][rows] in 8 × 8 blocks, cache lines used whole.
+      for (int64_t i0 = 0; i0 < nr; i0 += 8)
+        for (int64_t t0b = tb; t0b < te; t0b += 8)
+          for (int64_t t = t0b; t < nm_min(te, t0b + 8); ++t)
+            for (int64_t i = i0; i < nm_min(nr, i0 + 8); ++i) out[(t - tb) * ld + i] = sc[i * tt + t];
+    };
+    transpose(acc, yt, ldy, 0, tn);
+    if (!up) {
+      for (int64_t t = 0; t < tn; ++t) sk_epilogue_row(yt + t * ldy, bias ? bias + r0 : nullptr, nr, act);
+      return;
+    }
+    // Gated: the up sums, 8 tokens at a time, beside the gate row they scale.
+    for (int64_t tb = 0; tb < tn; tb += 8) {
+      const int64_t te = nm_min(tn, tb + 8);
+      transpose(up, ub, nr, tb, te);
+      for (int64_t t = tb; t < te; ++t) sk_gate_row(yt + t * ldy, ub + (t - tb) * nr, nr, act);
     }
   }
 
-  template <class P, int R, int TV, int S>
-  static bool run_tiled(const PackedNm& w, const float* x, int64_t m, const float* bias, Activation act, float* y) {
-    constexpr int TT = TV * W;
-    const int64_t rows = w.shape.rows, K = w.shape.cols;
-    const int64_t tiles = nm_cdiv(m, TT);
-    float* xp = thread_workspace(size_t(tiles * TT * K), 0);
-    if (!xp) return false;
-    nm_pack_tiles(x, m, K, TT, xp);
-    const int64_t n_rb = nm_cdiv(rows, kMC);
-    const int64_t tg = tiles_per_task<TT>(tiles, rows);
-    const int64_t n_tg = nm_cdiv(tiles, tg);
-    Scratch scr(kMC * tg * TT);
-    if (scr.failed) return false;
-    ThreadPool::instance().parallel_for(n_rb * n_tg, [&](int64_t task, int worker) {
-      const int64_t rb = task % n_rb, g = task / n_rb;
-      const int64_t r0 = rb * kMC, r1 = nm_min(rows, r0 + kMC);
-      const int64_t t0 = g * tg, t1 = nm_min(tiles, t0 + tg);
-      float* scratch = scr.get(worker);
-      if (!scratch) return;
-      tiled_task<P, R, TV, S>(w, 0, xp, r0, r1, t0, t1, scratch);
-      store_task<TT>(scratch, nullptr, m, rows, r0, r1, t0, t1, bias, act, y);
-    });
-    return !scr.failed;
+  // Tile widths (vectors of W tokens) for an expert of `rows` tokens, into
+  // tv[] (at most ⌈rows / W⌉ + 2); returns the count. Patterns dense enough
+  // for 8-vector tiles (tuned, 2n ≥ m) cut the v = ⌈rows / W⌉ vectors into
+  // tiles of 8 and spread what is left over them (9 or 10 wide), or give it
+  // a tile of its own 5–7 wide: a narrow last tile cost ~2.4× per token what
+  // an 8-wide one costs (a broadcast, a decode and loop work per value,
+  // whatever the width), and padding it to 8 wasted the rest (a group of
+  // 136 tokens is 9 + 8 vectors, not 8 + 8 + 1). Other patterns: tiles of
+  // tv_main and the rest in tiles of the width it alone would take.
+  static int split_tiles(int64_t rows, int n, int mm, bool tuned, int tv_main, int* tv) {
+    const int64_t v = nm_cdiv(rows, W);
+    int k = 0;
+    if (tuned && 2 * n >= mm && v > 4) {
+      if (v <= 10) {
+        tv[k++] = int(v);
+        return k;
+      }
+      const int64_t q = v / 8, r = v % 8;
+      if (r <= 2 * q) {
+        // r ≤ q: r tiles of 9; otherwise r − q tiles of 10 and 2q − r of 9
+        const int64_t tens = r > q ? r - q : 0, nines = r > q ? 2 * q - r : r;
+        for (int64_t i = 0; i < q; ++i) tv[k++] = i < tens ? 10 : i < tens + nines ? 9 : 8;
+      } else {
+        for (int64_t i = 0; i < q; ++i) tv[k++] = 8;
+        tv[k++] = r >= 5 ? int(r) : 4;  // r = 3, 4 (q = 1): one 4-wide tile
+      }
+      return k;
+    }
+    const int64_t tt_main = int64_t(tv_main) * W, full = rows / tt_main, rem = rows - full * tt_main;
+    for (int64_t i = 0; i < full; ++i) tv[k++] = tv_main;
+    if (rem > 0) {
+      const int t = tile_tv(rem, n, mm, tuned);
+      for (int64_t i = 0, c = nm_cdiv(rem, int64_t(t) * W); i < c; ++i) tv[k++] = t;
+    }
+    return k;
   }
 
   // Grouped forward over experts: for each expert e, rows offsets[e] ..
   // offsets[e+1] of xs times ws[e]ᵀ, all in one task list (no per-expert
-  // barrier; empty experts add no tasks). gate_rows = 0: y = act(xs·Wᵀ),
-  // y [Σ rows, out]. gate_rows > 0: each W stacks gate rows [0, gate_rows)
-  // over up rows [gate_rows, 2·gate_rows), and y [Σ rows, gate_rows] =
-  // act(xs·Wgᵀ) ⊙ (xs·Wuᵀ), the two products of a row block computed by one
-  // task from the same packed x tiles. Every W has the same shape and pattern.
+  // barrier; empty experts add no tasks). gate_rows = 0: y = act(xs·Wᵀ +
+  // bias), y [Σ rows, out]. gate_rows > 0: each W stacks gate rows [0,
+  // gate_rows) over up rows [gate_rows, 2·gate_rows), and y [Σ rows,
+  // gate_rows] = act(xs·Wgᵀ) ⊙ (xs·Wuᵀ), the two products of a row block
+  // computed by one task from the same packed x tiles. Every W has the same
+  // shape and pattern. The plain forward is this with one expert.
   //
-  // An expert's tokens are cut into whole tiles of the main width (tv, from
-  // the mean group size) and a tail tile of the rest, whose width is what the
-  // tail alone would take (tile_tv): routed groups are uneven, and padding
-  // each one's last tile to the main width wasted ~20 % of the work at
-  // Mixtral's T = 512. The tail rides along in the task that holds the
-  // expert's last main tiles, on the same W blocks: as a task of its own it
-  // streamed W from memory again, and an expert of 130 tokens cost 11 % more
-  // than one of 128. The cut depends on the offsets only.
+  // Each expert's tokens are cut into tiles by split_tiles (uneven routed
+  // groups get tiles that fit them: padding each one's last tile to the main
+  // width wasted ~20 % of the work at Mixtral's T = 512), and its tiles into
+  // task groups of at most 512 tokens, fewer when the row blocks alone would
+  // not give the pool enough tasks. The cut depends on the offsets only.
   template <class P>
   static bool run_grouped(const PackedNm* const* ws, int64_t experts, const int32_t* offsets, const float* xs,
-                          int64_t gate_rows, Activation act, float* y, int tv_main) {
+                          int64_t gate_rows, Activation act, float* y, int tv_main, const float* bias) {
     const PackedNm& w0 = *ws[0];
     const int64_t K = w0.shape.cols, out = gate_rows > 0 ? gate_rows : w0.shape.rows;
     const int n = w0.shape.n, mm = w0.shape.m;
     const int64_t n_rb = nm_cdiv(out, kMC);
-    struct Part {
-      int64_t e, ntok;         // expert, its rows
-      int tv, tv_tail;         // main tile width, tail tile width (0: no tail), in vectors
-      int64_t tt, tiles, tg;   // main: tokens per tile, tiles, tiles per task
-      int64_t tail_tok, tt_tail;  // tail: tokens, tile width in tokens
-      int64_t xoff;            // floats into the packed x (main tiles, then the tail)
-      int64_t groups;          // tasks per row block
+    const int threads = ThreadPool::instance().num_threads();
+    struct Tile {
+      int64_t e, tok0, ntok, tt, xoff;  // expert, its tokens [tok0, tok0 + ntok), width, floats into xp
+      int tv;
     };
-    LocalArray<Part> parts(experts);
-    LocalArray<int64_t> tile_base(experts + 1), task_base(experts + 1);
-    int64_t np = 0, xfloats = 0, per = 1;
-    tile_base[0] = task_base[0] = 0;
+    struct Group {
+      // tiles [t0, t1); the expert's widest tile (it sets the column blocks of
+      // all its tiles, however the pool size groups them); the sums' floats
+      int64_t t0, t1, tt_max, acc_floats;
+    };
+    int64_t max_tiles = 0;
+    for (int64_t e = 0; e < experts; ++e) max_tiles += nm_cdiv(offsets[e + 1] - offsets[e], W) + 2;
+    LocalArray<Tile> tiles(max_tiles);
+    LocalArray<Group> groups(max_tiles);
+    LocalArray<int> tvs(max_tiles);
+    int64_t nt = 0, ng = 0, xfloats = 0, per = 1;
     for (int64_t e = 0; e < experts; ++e) {
-      const int64_t rows = offsets[e + 1] - offsets[e], tt_main = int64_t(tv_main) * W;
+      const int64_t rows = offsets[e + 1] - offsets[e];
       if (rows == 0) continue;
-      const int64_t full = rows / tt_main * tt_main, rem = rows - full;
-      Part& q = parts[np];
-      q.e = e, q.ntok = rows, q.tv = tv_main, q.tv_tail = 0, q.tail_tok = 0, q.tt_tail = 0;
-      if (rem > 0) {
-        const int tv_rem = tile_tv(rem, n, mm, P::kTuned);
-        if (full == 0) q.tv = tv_rem;             // a small expert: its own width
-        else if (tv_rem != tv_main) q.tv_tail = tv_rem, q.tail_tok = rem, q.tt_tail = int64_t(tv_rem) * W;
+      const int k = split_tiles(rows, n, mm, P::kTuned, tv_main, tvs.p);
+      for (int i = 0; i < k; ++i)
+        if (!block_fn<P>(tvs[i])) return false;
+      // Tiles per task group: at most 512 tokens (bounded scratch), and
+      // enough groups that the pool has ~4 tasks per thread.
+      int64_t tt_max = 0;
+      for (int i = 0; i < k; ++i) tt_max = nm_max(tt_max, int64_t(tvs[i]) * W);
+      const int64_t cap = nm_min(kMaxTaskTiles, nm_max(1, nm_min(512 / tt_max, nm_cdiv(k, nm_cdiv(4 * threads, n_rb)))));
+      int64_t tok = 0;
+      for (int i = 0; i < k; ++i) {
+        Tile& t = tiles[nt];
+        t.e = e, t.tv = tvs[i], t.tt = int64_t(tvs[i]) * W, t.tok0 = tok, t.ntok = nm_min(t.tt, rows - tok);
+        t.xoff = xfloats;
+        xfloats += t.tt * K, tok += t.tt;
+        if (i % cap == 0) groups[ng++] = {nt, nt, tt_max, 0};
+        Group& g = groups[ng - 1];
+        g.t1 = ++nt, g.acc_floats += kMC * t.tt;
+        per = nm_max(per, g.acc_floats);
       }
-      q.tt = int64_t(q.tv) * W;
-      q.tiles = nm_cdiv(rows - q.tail_tok, q.tt);
-      with_tv<P>(q.tv, [&](auto, auto tv, auto) {
-        q.tg = tiles_per_task<decltype(tv)::value * W>(q.tiles, out);
-        return true;
-      });
-      q.groups = nm_cdiv(q.tiles, q.tg);
-      q.xoff = xfloats;
-      xfloats += (q.tiles * q.tt + q.tt_tail) * K;
-      per = nm_max(per, kMC * (q.tg * q.tt + q.tt_tail));
-      tile_base[np + 1] = tile_base[np] + q.tiles + (q.tv_tail ? 1 : 0);
-      task_base[np + 1] = task_base[np] + n_rb * q.groups;
-      ++np;
     }
-    if (np == 0) return true;
+    if (nt == 0) return true;
     float* xp = thread_workspace(size_t(xfloats), 0);
     if (!xp) return false;
-    // Pack every expert's token tiles ([K][tt] each, the tail [K][tt_tail]), in one parallel pass.
+    // Pack every tile ([K][tt], zero past its tokens), in one parallel pass.
     const int64_t kblocks = nm_cdiv(K, kNmPackCols);
-    ThreadPool::instance().parallel_for(tile_base[np] * kblocks, [&](int64_t task, int) {
-      const int64_t tile = task / kblocks, k0 = (task % kblocks) * kNmPackCols, k1 = nm_min(K, k0 + kNmPackCols);
-      const int64_t qi = sk_owner(tile_base.p, np, tile);
-      const Part& q = parts[qi];
-      const int64_t lt = tile - tile_base[qi];
-      const int64_t tok = lt * q.tt, width = lt < q.tiles ? q.tt : q.tt_tail;
-      nm_pack_tile_cols(xs + (int64_t(offsets[q.e]) + tok) * K, q.ntok - tok, K, k0, k1, width, xp + q.xoff + tok * K);
+    ThreadPool::instance().parallel_for(nt * kblocks, [&](int64_t task, int) {
+      const Tile& t = tiles[task / kblocks];
+      const int64_t k0 = (task % kblocks) * kNmPackCols, k1 = nm_min(K, k0 + kNmPackCols);
+      nm_pack_tile_cols(xs + (int64_t(offsets[t.e]) + t.tok0) * K, t.ntok, K, k0, k1, t.tt, xp + t.xoff);
     });
     Scratch scr(gate_rows > 0 ? 2 * per : per);
     if (scr.failed) return false;
-    ThreadPool::instance().parallel_for(task_base[np], [&](int64_t task, int worker) {
-      const int64_t qi = sk_owner(task_base.p, np, task), lt = task - task_base[qi];
-      const Part& q = parts[qi];
-      const int64_t rb = lt % n_rb, g = lt / n_rb;
-      const int64_t r0 = rb * kMC, r1 = nm_min(out, r0 + kMC);
-      const int64_t t0 = g * q.tg, t1 = nm_min(q.tiles, t0 + q.tg);
+    ThreadPool::instance().parallel_for(ng * n_rb, [&](int64_t task, int worker) {
+      const Group& g = groups[task / n_rb];
+      const int64_t rb = task % n_rb, r0 = rb * kMC, r1 = nm_min(out, r0 + kMC);
       float* scratch = scr.get(worker);
       if (!scratch) return;
-      const float* xq = xp + q.xoff;
-      float* yq = y + int64_t(offsets[q.e]) * out;
       float* up = gate_rows > 0 ? scratch + per : nullptr;
-      // The tail joins the expert's last group; its sums follow the main tiles' in scratch.
-      const bool with_tail = q.tv_tail > 0 && g == q.groups - 1;
-      const int64_t tail_at = kMC * q.tg * q.tt, tail_tok0 = q.tiles * q.tt;
-      TailTile tg{}, tu{};
-      if (with_tail)
-        with_tv<P>(q.tv_tail, [&](auto r, auto tv, auto sv) {
-          constexpr int R = decltype(r)::value, TV = decltype(tv)::value, S = decltype(sv)::value;
-          tg = {&tile_block<P, R, TV, S>, xq + tail_tok0 * K, scratch + tail_at};
-          tu = {&tile_block<P, R, TV, S>, xq + tail_tok0 * K, up ? up + tail_at : nullptr};
-          return true;
-        });
-      with_tv<P>(q.tv, [&](auto r, auto tv, auto sv) {
-        constexpr int R = decltype(r)::value, TV = decltype(tv)::value, S = decltype(sv)::value;
-        tiled_task<P, R, TV, S>(*ws[q.e], 0, xq, r0, r1, t0, t1, scratch, with_tail ? &tg : nullptr);
-        if (up) tiled_task<P, R, TV, S>(*ws[q.e], gate_rows, xq, r0, r1, t0, t1, up, with_tail ? &tu : nullptr);
-        store_task<TV * W>(scratch, up, q.ntok - q.tail_tok, out, r0, r1, t0, t1, nullptr, act, yq);
-        return true;
-      });
-      if (with_tail)
-        with_tv<P>(q.tv_tail, [&](auto, auto tv, auto) {
-          store_task<decltype(tv)::value * W>(scratch + tail_at, up ? up + tail_at : nullptr, q.tail_tok, out, r0, r1, 0,
-                                              1, nullptr, act, yq + tail_tok0 * out);
-          return true;
-        });
+      const int cnt = int(g.t1 - g.t0);
+      TaskTile tg[kMaxTaskTiles], tu[kMaxTaskTiles];
+      for (int i = 0, at = 0; i < cnt; ++i) {
+        const Tile& t = tiles[g.t0 + i];
+        const BlockFn f = block_fn<P>(t.tv);
+        tg[i] = {f, xp + t.xoff, scratch + at, t.tt};
+        tu[i] = {f, xp + t.xoff, up ? up + at : nullptr, t.tt};
+        at += int(kMC * t.tt);
+      }
+      const PackedNm& w = *ws[tiles[g.t0].e];
+      const int64_t kc = kc_chunks_of<P>(w, g.tt_max);
+      run_task<P>(w, 0, tg, cnt, r0, r1, kc);
+      if (up) run_task<P>(w, gate_rows, tu, cnt, r0, r1, kc);
+      for (int i = 0; i < cnt; ++i) {
+        const Tile& t = tiles[g.t0 + i];
+        store_tile(tg[i].acc, up ? tu[i].acc : nullptr, t.ntok, t.tt, out, r0, r1, bias, act,
+                   y + (int64_t(offsets[t.e]) + t.tok0) * out);
+      }
     });
     return !scr.failed;
   }
@@ -777,9 +771,8 @@ struct NmDriver {
   // block must stay small against the FMAs.
   static int tile_tv(int64_t m, int n, int mm, bool tuned) {
     const int64_t need = nm_cdiv(m, W);
-    // Tuned tiles take TV = 1, 2, 4, 8 only: an x row of TV·W floats is then a
-    // power of two bytes (one shift-free decode, rows never straddle lines);
-    // 6 vectors measured ~1.5x slower per value than 4 in a full call.
+    // Tuned tiles take TV = 1, 2, 4, 8 here (split_tiles also makes 5-7, 9
+    // and 10 wide ones for the denser patterns).
     const int tv_max = 2 * n >= mm ? 8 : 4 * n >= mm ? (tuned ? 4 : 6) : 4;
     static const int kTvs[] = {1, 2, 4, 6, 8};
     for (int tv : kTvs)
@@ -819,18 +812,13 @@ struct NmDriver {
       }
       return true;
     }
-    return with_tile<P>(m, n, mm, [&](auto r, auto tv, auto sv) {
-      return run_tiled<P, decltype(r)::value, decltype(tv)::value, decltype(sv)::value>(w, x, m, bias, act, y);
-    });
+    const PackedNm* ws[1] = {&w};
+    const int32_t off[2] = {0, int32_t(m)};
+    return run_grouped<P>(ws, 1, off, x, 0, act, y, tile_tv(m, n, mm, P::kTuned), bias);
   }
 
-  // Calls f(R, TV, S) (as integral constants) for the register tile that
-  // m tokens of pattern n:mm take.
-  template <class P, class F>
-  static bool with_tile(int64_t m, int n, int mm, F&& f) {
-    return with_tv<P>(tile_tv(m, n, mm, P::kTuned), f);
-  }
-  // The same for a tile width tv (a tile_tv result).
+  // Calls f(R, TV, S) (as integral constants) for the register tile of
+  // width tv (a split_tiles width).
   template <class P, class F>
   static bool with_tv(int tv, F&& f) {
     using I1 = std::integral_constant<int, 1>;
@@ -843,8 +831,21 @@ struct NmDriver {
       case 4:
         if constexpr (P::kTuned) return f(I2{}, I4{}, I1{});
         else return f(std::integral_constant<int, 3>{}, I4{}, I1{});
+      // one row, tokens wide; under 8 vectors two chains per row (FMA latency)
+      case 5:
+        if constexpr (P::kTuned) return f(I1{}, std::integral_constant<int, 5>{}, I2{});
+        [[fallthrough]];
       case 6:
         if constexpr (!P::kTuned) return f(I2{}, std::integral_constant<int, 6>{}, I1{});
+        else return f(I1{}, std::integral_constant<int, 6>{}, I2{});
+      case 7:
+        if constexpr (P::kTuned) return f(I1{}, std::integral_constant<int, 7>{}, I2{});
+        [[fallthrough]];
+      case 9:
+        if constexpr (P::kTuned) return f(I1{}, std::integral_constant<int, 9>{}, I1{});
+        [[fallthrough]];
+      case 10:
+        if constexpr (P::kTuned) return f(I1{}, std::integral_constant<int, 10>{}, I1{});
         [[fallthrough]];
       default: return f(I1{}, std::integral_constant<int, 8>{}, I1{});
     }
@@ -886,7 +887,8 @@ struct NmDriver {
       }
       return true;
     }
-    return run_grouped<P>(ws, experts, offsets, xs, gate_rows, act, y, tile_tv(nm_cdiv(total, busy), n, mm, P::kTuned));
+    return run_grouped<P>(ws, experts, offsets, xs, gate_rows, act, y, tile_tv(nm_cdiv(total, busy), n, mm, P::kTuned),
+                          nullptr);
   }
 
   // ---- transposed: dx [m, cols] = dy [m, rows] · W
