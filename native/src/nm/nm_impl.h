@@ -689,7 +689,7 @@ struct NmDriver {
     const int threads = ThreadPool::instance().num_threads();
     struct Tile {
       int64_t e, tok0, ntok, tt, xoff;  // expert, its tokens [tok0, tok0 + ntok), width, floats into xp
-      int tv;
+      BlockFn block;                    // tile_block of its width
     };
     struct Group {
       // tiles [t0, t1); the expert's widest tile (it sets the column blocks of
@@ -706,8 +706,6 @@ struct NmDriver {
       const int64_t rows = offsets[e + 1] - offsets[e];
       if (rows == 0) continue;
       const int k = split_tiles(rows, n, mm, P::kTuned, tv_main, tvs.p);
-      for (int i = 0; i < k; ++i)
-        if (!block_fn<P>(tvs[i])) return false;
       // Tiles per task group: at most 512 tokens (bounded scratch), and
       // enough groups that the pool has ~4 tasks per thread.
       int64_t tt_max = 0;
@@ -716,7 +714,9 @@ struct NmDriver {
       int64_t tok = 0;
       for (int i = 0; i < k; ++i) {
         Tile& t = tiles[nt];
-        t.e = e, t.tv = tvs[i], t.tt = int64_t(tvs[i]) * W, t.tok0 = tok, t.ntok = nm_min(t.tt, rows - tok);
+        t.e = e, t.tt = int64_t(tvs[i]) * W, t.tok0 = tok, t.ntok = nm_min(t.tt, rows - tok);
+        t.block = block_fn<P>(tvs[i]);
+        if (!t.block) return false;
         t.xoff = xfloats;
         xfloats += t.tt * K, tok += t.tt;
         if (i % cap == 0) groups[ng++] = {nt, nt, tt_max, 0};
@@ -745,12 +745,11 @@ struct NmDriver {
       float* up = gate_rows > 0 ? scratch + per : nullptr;
       const int cnt = int(g.t1 - g.t0);
       TaskTile tg[kMaxTaskTiles], tu[kMaxTaskTiles];
-      for (int i = 0, at = 0; i < cnt; ++i) {
+      for (int64_t i = 0, at = 0; i < cnt; ++i) {
         const Tile& t = tiles[g.t0 + i];
-        const BlockFn f = block_fn<P>(t.tv);
-        tg[i] = {f, xp + t.xoff, scratch + at, t.tt};
-        tu[i] = {f, xp + t.xoff, up ? up + at : nullptr, t.tt};
-        at += int(kMC * t.tt);
+        tg[i] = {t.block, xp + t.xoff, scratch + at, t.tt};
+        tu[i] = {t.block, xp + t.xoff, up ? up + at : nullptr, t.tt};
+        at += kMC * t.tt;
       }
       const PackedNm& w = *ws[tiles[g.t0].e];
       const int64_t kc = kc_chunks_of<P>(w, g.tt_max);
