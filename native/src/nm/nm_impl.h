@@ -310,12 +310,14 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
     uint32_t word[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) word[r] = P::word(rows[r], c);
+    typename V::Q q[R];
 #pragma GCC unroll 8
     for (int l = 0; l < 8; ++l) {
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const float* xr = xp + P::col(rows[r], c, word[r], l) * TT;
-        T b = V::bcast(P::chunk_values(rows[r], c) + l);
+        if (V::kQuadBcast && l % 4 == 0) q[r] = V::load4(P::chunk_values(rows[r], c) + l);
+        T b = V::kQuadBcast ? V::lane(q[r], l) : V::bcast(P::chunk_values(rows[r], c) + l);
 #pragma GCC unroll 16
         for (int v = 0; v < TV; ++v) acc[l % S][r][v] = V::fma(b, V::load(xr + v * W), acc[l % S][r][v]);
       }
@@ -370,6 +372,7 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
       std::memcpy(&x, pm + r * B, 4);  // B bytes (and up to 3 more inside the padded panel)
       word[r] = uint64_t(x) << SH;
     }
+    typename V::Q q[R];
 #pragma GCC unroll 8
     for (int l = 0; l < 8; ++l) {
 #pragma GCC unroll 16
@@ -378,7 +381,9 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
         const uint64_t rot = l == 0 ? word[r] : (word[r] >> (l * B)) | (word[r] << ((64 - l * B) & 63));
         const uint64_t off = (rot & (uint64_t(M - 1) << SH)) * ODD;
         const float* xr = reinterpret_cast<const float*>(xc + (l / N) * M * TT * 4 + off);
-        T b = V::bcast(pv + r * 8 + l);
+        // the value: a lane of its quad (one load per four values) or a broadcast load
+        if (V::kQuadBcast && l % 4 == 0) q[r] = V::load4(pv + r * 8 + l);
+        T b = V::kQuadBcast ? V::lane(q[r], l) : V::bcast(pv + r * 8 + l);
 #pragma GCC unroll 16
         for (int v = 0; v < TV; ++v) acc[l % S][r][v] = V::fma(b, V::load(xr + v * W), acc[l % S][r][v]);
       }
