@@ -45,7 +45,7 @@ static void test_kernels() {
   std::mt19937 rng(11);
   std::uniform_real_distribution<float> u(-1, 1);
   // rows prime; tokens cover the row-streaming path (1, 2) and every tile width.
-  const int64_t rows_list[] = {1, 7, 97, 131};
+  const int64_t rows_list[] = {1, 7, 97, 131, 389};
   const int64_t tokens_list[] = {1, 2, 3, 9, 17, 33, 70, 130};
   for (const Pattern& p : kPatterns) {
     for (int64_t rows : rows_list) {
@@ -196,7 +196,7 @@ static void test_grouped() {
                         {2, {0, 0}},          {3, {130, 72, 136}}, {4, {119, 100, 9, 66}}};
   const Pattern pats[] = {{2, 4}, {1, 4}, {1, 8}, {3, 4}};
   for (const Pattern& p : pats)
-    for (int64_t out : {int64_t(38), int64_t(96), int64_t(202)})
+    for (int64_t out : {int64_t(38), int64_t(96), int64_t(202), int64_t(398)})
       for (const Case& c : cases)
         for (int gated = 0; gated < 2; ++gated) {
           // up to 600 columns: several column blocks for every tile width
