@@ -10,8 +10,9 @@
 //    kernels build. Skipped with a message when the cross compiler is missing,
 //    unless SPARSEKIT_REQUIRE_CROSS=1 (set by .ci/run) makes that an error.
 // 3. Where qemu-user is installed (qemu-aarch64; .ci/run installs it), the
-//    core tests are linked statically for arm64 and run under emulation, so
-//    the NEON kernels are checked against the reference, not only compiled.
+//    core and N:M tests are linked statically for arm64 and run under
+//    emulation, so the NEON kernels are checked against the reference, not
+//    only compiled.
 //
 // Options: --skip-asan, --skip-cross
 'use strict';
@@ -121,14 +122,18 @@ async function crossCompileArm64() {
     return;
   }
   const objs = files.map((src) => path.join(outDir, src.replace(/[\\/]/g, '_').replace(/\.[^.]+$/, '.o')));
-  const exe = path.join(outDir, 'core_tests');
-  const link = ['-std=c++17', '-O2', `-I${path.join(root, 'native', 'include')}`, '-static', '-pthread',
-    path.join(root, 'native', 'tests', 'core_tests.cc'), ...objs, '-o', exe];
-  if (!run(cxx, link)) fail('linking the core tests for arm64');
-  // About 10 s here; a deadlock must fail CI, not stall it (qemu's timing
-  // exposed a thread-pool race that native x86 runs did not).
-  if (!run(qemu, [exe], { timeout: 300_000 })) fail('core tests on arm64 (qemu)');
-  console.log('test:native: core tests passed on arm64 under qemu (NEON kernels)');
+  // core_tests (dense, block-sparse, routing) and nm_tests (N:M): each checks
+  // every ISA the CPU runs, here scalar and NEON.
+  for (const test of ['core_tests', 'nm_tests']) {
+    const exe = path.join(outDir, test);
+    const link = ['-std=c++17', '-O2', `-I${path.join(root, 'native', 'include')}`, '-static', '-pthread',
+      path.join(root, 'native', 'tests', `${test}.cc`), ...objs, '-o', exe];
+    if (!run(cxx, link)) fail(`linking ${test} for arm64`);
+    // Seconds to a few minutes here; a deadlock must fail CI, not stall it
+    // (qemu's timing exposed a thread-pool race that native x86 runs did not).
+    if (!run(qemu, [exe], { timeout: 600_000 })) fail(`${test} on arm64 (qemu)`);
+  }
+  console.log('test:native: core and N:M tests passed on arm64 under qemu (NEON kernels)');
 }
 
 (async () => {
