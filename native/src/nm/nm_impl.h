@@ -741,10 +741,12 @@ struct NmDriver {
       if (rows == 0) continue;
       const int k = split_tiles(rows, n, mm, P::kTuned, tv_main, tvs.p);
       // Tiles per task group: at most 512 tokens (bounded scratch), and
-      // enough groups that the pool has ~4 tasks per thread.
+      // enough groups that the pool has ~4 tasks per thread, counting the
+      // other experts' tasks (each expert's share of them).
       int64_t tt_max = 0;
       for (int i = 0; i < k; ++i) tt_max = nm_max(tt_max, int64_t(tvs[i]) * W);
-      const int64_t cap = nm_min(kMaxTaskTiles, nm_max(1, nm_min(512 / tt_max, nm_cdiv(k, nm_cdiv(4 * threads, n_rb0)))));
+      const int64_t want = nm_cdiv(4 * int64_t(threads), n_rb0 * busy);
+      const int64_t cap = nm_min(kMaxTaskTiles, nm_max(1, nm_min(512 / tt_max, nm_cdiv(k, want))));
       int64_t tok = 0;
       for (int i = 0; i < k; ++i) {
         Tile& t = tiles[nt];
