@@ -82,8 +82,9 @@ struct Avx2Vec {
   // lane(q, l) broadcasting float l by an in-lane shuffle. Kernels bound by
   // load ports (the N:M tiles: a broadcast and TV loads per value) trade
   // three of every four broadcast loads for shuffles, which run on the
-  // shuffle pipes beside the FMAs (measured on Zen 3: +4 % for 8-vector N:M
-  // tiles, +11–18 % for the 2- and 4-vector ones). l must fold to a constant.
+  // shuffle pipes beside the FMAs (measured on Zen 3, the tile alone with
+  // its data in L1: +4 % for 8-vector N:M tiles, +11–18 % for the 2- and
+  // 4-vector ones; in whole calls within noise). l must fold to a constant.
   static constexpr bool kQuadBcast = true;
   using Q = __m256;
   static SK_INLINE Q load4(const float* p) { return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p)); }

@@ -31,7 +31,8 @@
 //   kernel broadcasts v and does TV FMAs v · xp[c] into a register tile of R
 //   rows × T tokens. Indices are decoded in integer registers from the packed
 //   bits (no expanded index array, no extra loads). Loads bound it: TV + 1
-//   per TV FMAs, so T is as large as the token count and L1 allow: the slice
+//   per TV FMAs (TV + 1/4 where the values come as lanes of one 4-float load:
+//   AVX2, NEON), so T is as large as the token count and L1 allow: the slice
 //   of xp for a block of KC columns (KC·T floats) stays in L1 while a block of
 //   MC rows streams past it, and each MC × T accumulator tile lives in a
 //   per-task scratch between column blocks. Tuned patterns run the panel tile
