@@ -159,6 +159,9 @@ SK_INLINE void nm_for_values(const typename P::Row& row, int64_t j0, int64_t j1,
 // vectorise; RG rows one after the other.
 template <class V>
 struct NmSmall {
+  // Most tokens it takes for a tuned pattern whose chunk spans `win` 8-column
+  // windows (measured against the tiles, 4096×4096, 2 threads).
+  static constexpr int max_tokens(int win) { return win <= 2 ? 4 : win <= 4 ? 2 : 1; }
   template <class P, int RG, int TOK>
   static void dot(const typename P::Row* rows, int64_t kept, const float* x, int64_t ldx, float* out) {
     for (int r = 0; r < RG; ++r) dot1<P, TOK>(rows[r], kept, x, ldx, out + r * TOK);
@@ -186,6 +189,7 @@ struct NmSmall {
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 (also used by the AVX-512 build: 8 values per chunk fit a ymm).
 struct NmSmallYmm {
+  static constexpr int max_tokens(int win) { return win <= 2 ? 4 : win <= 4 ? 2 : 1; }
   // RG rows of one panel together: they stream W once, in order, and share
   // the x windows of each chunk.
   template <class P, int RG, int TOK>
@@ -260,8 +264,99 @@ struct NmSmallYmm {
 template <>
 struct NmSmall<Avx2Vec> : NmSmallYmm {};
 #if defined(__AVX512F__)
+// AVX-512: two chunks (16 values, 2·CC columns) per step. The x columns they
+// span are 2·CC/16 zmm windows, shared by the RG rows; each pair of windows is
+// one vpermt2ps table of 32 floats, and every lane's table is fixed by its
+// position (its group), so a lane's x value is one permute of its table and
+// at most three constant-mask blends: 1 permute per 16 values for 2:4, 1:2
+// and 4:8, 2 (+1 blend) for 1:4 and 2:8, 4 (+3) for 1:8, against the ymm
+// kernel's per-8-value window permutes or, for 1:8, eight scalar loads.
+struct NmSmallZmm {
+  // Against the tiles on Zen 5 (4096×4096, 2 threads): 1:4 and 2:8 at 4
+  // tokens 0.77 vs 0.80 ms (at 2, 0.35 vs 0.79); 1:8 at 2 tokens 0.23 vs
+  // 0.48 ms, at 3 even (fewer rows share the windows once there are 3).
+  static constexpr int max_tokens(int win) { return win <= 4 ? 4 : 2; }
+  template <class P, int RG, int TOK>
+  static void dot(const typename P::Row* rows, int64_t kept, const float* x, int64_t ldx, float* out) {
+    if constexpr (!P::kTuned) {
+      NmSmallYmm::template dot<P, RG, TOK>(rows, kept, x, ldx, out);
+    } else {
+      constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC;
+      constexpr int NWIN = 2 * CC / 16;    // zmm windows per step: 2, 4 or 8
+      constexpr int NTAB = NWIN / 2;       // vpermt2ps tables: 1, 2 or 4
+      // Lane l: value l % 8 of chunk l / 8; its column inside the step's span
+      // is colbase(l) + index, and its table colbase(l) / 32.
+      auto colbase = [](int l) constexpr { return (l / 8) * CC + ((l % 8) / N) * M; };
+      alignas(64) static constexpr int32_t kShift[16] = {0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B,
+                                                         0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B};
+      alignas(64) static constexpr int32_t kBase[16] = {
+          colbase(0) & 31,  colbase(1) & 31,  colbase(2) & 31,  colbase(3) & 31, colbase(4) & 31,  colbase(5) & 31,
+          colbase(6) & 31,  colbase(7) & 31,  colbase(8) & 31,  colbase(9) & 31, colbase(10) & 31, colbase(11) & 31,
+          colbase(12) & 31, colbase(13) & 31, colbase(14) & 31, colbase(15) & 31};
+      // Lanes whose table is t.
+      auto tabmask = [&](int t) constexpr {
+        unsigned k = 0;
+        for (int l = 0; l < 16; ++l)
+          if (colbase(l) / 32 == t) k |= 1u << l;
+        return __mmask16(k);
+      };
+      const __m512i shifts = _mm512_load_si512(kShift), base = _mm512_load_si512(kBase);
+      const __m512i lowmask = _mm512_set1_epi32(M - 1);
+      __m512 acc[RG][TOK];
+      for (int r = 0; r < RG; ++r)
+        for (int t = 0; t < TOK; ++t) acc[r][t] = _mm512_setzero_ps();
+      // One step over chunks c, c + 1 (HALF: chunk c only; the upper lanes'
+      // values are zero and their windows, past the row's end, not read).
+      auto step = [&](int64_t c, auto half) SK_INLINE_LAMBDA {
+        constexpr bool H = decltype(half)::value;
+        __m512 win[TOK][NWIN];
+#pragma GCC unroll 4
+        for (int t = 0; t < TOK; ++t)
+#pragma GCC unroll 8
+          for (int i = 0; i < NWIN; ++i)
+            win[t][i] = H && i >= NWIN / 2 ? _mm512_setzero_ps() : _mm512_loadu_ps(x + t * ldx + c * CC + i * 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < RG; ++r) {
+          const float* v = P::chunk_values(rows[r], c);
+          __m512 vals = H ? _mm512_maskz_loadu_ps(0x00FF, v)
+                          : _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(v)),
+                                               _mm256_loadu_ps(P::chunk_values(rows[r], c + 1)), 1);
+          const __m512i words =
+              H ? _mm512_set1_epi32(int(P::word(rows[r], c)))
+                : _mm512_mask_set1_epi32(_mm512_set1_epi32(int(P::word(rows[r], c))), 0xFF00, int(P::word(rows[r], c + 1)));
+          const __m512i idx = _mm512_add_epi32(_mm512_and_si512(_mm512_srlv_epi32(words, shifts), lowmask), base);
+#pragma GCC unroll 4
+          for (int t = 0; t < TOK; ++t) {
+            __m512 g = _mm512_permutex2var_ps(win[t][0], idx, win[t][1]);
+#pragma GCC unroll 4
+            for (int tb = 1; tb < NTAB; ++tb)
+              g = _mm512_mask_blend_ps(tabmask(tb), g, _mm512_permutex2var_ps(win[t][2 * tb], idx, win[t][2 * tb + 1]));
+            acc[r][t] = _mm512_fmadd_ps(vals, g, acc[r][t]);
+          }
+        }
+      };
+      const int64_t chunks = kept / 8;
+      constexpr int64_t kAheadChunks = 64;  // W prefetch distance, as in the ymm kernel
+      int64_t c = 0;
+      for (; c + 2 <= chunks; c += 2) {
+        const char* ahead = reinterpret_cast<const char*>(P::chunk_values(rows[0], c + kAheadChunks));
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) __builtin_prefetch(ahead + 64 * i);
+        if ((c & 7) == 0) __builtin_prefetch(P::chunk_meta(rows[0], c + kAheadChunks));
+        step(c, std::false_type{});
+      }
+      if (c < chunks) step(c, std::true_type{});
+      for (int r = 0; r < RG; ++r)
+        for (int t = 0; t < TOK; ++t) {
+          float s = _mm512_reduce_add_ps(acc[r][t]);
+          for (int64_t j = chunks * 8; j < kept; ++j) s += *P::value(rows[r], j) * x[t * ldx + P::col_of(rows[r], j)];
+          out[r * TOK + t] = s;
+        }
+    }
+  }
+};
 template <>
-struct NmSmall<Avx512Vec> : NmSmallYmm {};
+struct NmSmall<Avx512Vec> : NmSmallZmm {};
 #endif
 #endif
 
@@ -830,8 +925,7 @@ struct NmDriver {
   template <class P>
   static int64_t small_tokens() {
     if constexpr (P::kTuned) {
-      constexpr int win = P::CC / 8;
-      return win <= 2 ? 4 : win <= 4 ? 2 : 1;
+      return NmSmall<V>::max_tokens(P::CC / 8);
     } else {
       return 2;
     }
