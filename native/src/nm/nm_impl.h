@@ -324,7 +324,7 @@ struct NmSmallZmm {
           const __m512i words =
               H ? _mm512_set1_epi32(int(P::word(rows[r], c)))
                 : _mm512_mask_set1_epi32(_mm512_set1_epi32(int(P::word(rows[r], c))), 0xFF00, int(P::word(rows[r], c + 1)));
-          const __m512i idx = _mm512_add_epi32(_mm512_and_si512(_mm512_srlv_epi32(words, shifts), lowmask), base);
+          const __m512i idx = _mm512_add_epi32(_mm512_and_si512(_mm512_maskz_srlv_epi32(0xFFFF, words, shifts), lowmask), base);
 #pragma GCC unroll 4
           for (int t = 0; t < TOK; ++t) {
             __m512 g = _mm512_permutex2var_ps(win[t][0], idx, win[t][1]);
@@ -348,7 +348,11 @@ struct NmSmallZmm {
       if (c < chunks) step(c, std::true_type{});
       for (int r = 0; r < RG; ++r)
         for (int t = 0; t < TOK; ++t) {
-          float s = _mm512_reduce_add_ps(acc[r][t]);
+          // (not _mm512_reduce_add_ps, whose undefined operands trip GCC 12's warnings)
+          alignas(64) float l[16];
+          _mm512_store_ps(l, acc[r][t]);
+          float s = 0.f;
+          for (int i = 0; i < 16; i += 4) s += (l[i] + l[i + 1]) + (l[i + 2] + l[i + 3]);
           for (int64_t j = chunks * 8; j < kept; ++j) s += *P::value(rows[r], j) * x[t * ldx + P::col_of(rows[r], j)];
           out[r * TOK + t] = s;
         }
