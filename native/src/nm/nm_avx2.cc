@@ -8,6 +8,8 @@ struct NmCfg_avx2 {
   using V = Avx2Vec;
   // Floats of packed x one column block may hold (its slice stays in L1).
   static constexpr int64_t kL1Floats = 6144;
+  // The same for tiles wider than two vectors.
+  static constexpr int64_t kL1FloatsWide = 6144;
 };
 using D = NmDriver<NmCfg_avx2>;
 const NmKernels kKernels = {Isa::kAvx2, "f32-nm-avx2", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear};

@@ -601,10 +601,12 @@ struct NmDriver {
     }
   }
 
-  // Column blocks (in chunks) whose xp slice (columns × tt floats) fits L1.
+  // Column blocks (in chunks) whose xp slice (columns × tt floats) fits L1: the
+  // ISA's budget for tiles of one or two vectors, a larger one for wider tiles.
   template <class P>
   static int64_t kc_chunks_of(const PackedNm& w, int64_t tt) {
-    return nm_max(1, Cfg::kL1Floats / tt / P::chunk_cols(w.shape));
+    const int64_t l1 = tt > 2 * W ? Cfg::kL1FloatsWide : Cfg::kL1Floats;
+    return nm_max(1, l1 / tt / P::chunk_cols(w.shape));
   }
 
   // One column block [c0, c1) of one token tile (xs: the tile's packed x,
