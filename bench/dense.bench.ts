@@ -19,7 +19,7 @@
  * - Our output is checked against ORT's once per shape (relative error).
  */
 import * as ort from 'onnxruntime-node';
-import { defineSuite, filterByEnv, threadList, type CaseSpec } from './harness';
+import { defineSuite, filterByEnv, fmt, readBoundColumn, threadList, type CaseSpec } from './harness';
 import { matmulModel, ortSpin } from './onnx';
 import { info, linear, prepackLinear, randomTensor, setIsa, type Float32Tensor, type IsaName } from '../lib/index';
 
@@ -33,8 +33,6 @@ const SHAPES: [number, number, number][] = [
   [512, 4096, 14336],
 ];
 const THREADS = [1, 2];
-/** Memory bandwidth the decode (tokens = 1) figure is compared with: ~30 GB/s on 2 cores here. */
-const MEM_GBPS = Number(process.env.BENCH_MEM_GBPS ?? 30);
 /** Shape that also runs our scalar kernel, to show the ISA dispatch is real. */
 const SCALAR_SHAPE = '512x1024x4096';
 
@@ -59,7 +57,8 @@ export default defineSuite({
   description: [
     'y = x·Wᵀ, fp32, x: [tokens, in], W: [out, in]. Case = tokens×in×out. ',
     'Speed ratio = ORT time / our time (> 1: sparsekit faster). ',
-    `For tokens = 1, GB/s is the rate of reading W once (4·in·out bytes) and "vs ${MEM_GBPS} GB/s" is time / (W bytes / ${MEM_GBPS} GB/s). `,
+    'For tokens = 1, GB/s is the rate of reading W once (4·in·out bytes) and "vs read bound" is time / (W bytes / R), ',
+    'R the streaming-read rate `measureReadBandwidth` measures in this process just before and after the case (BENCH_MEM_GBPS overrides). ',
     `sparsekit-scalar (${SCALAR_SHAPE} only) is our kernel forced to the scalar ISA.`,
   ].join(''),
 
@@ -139,15 +138,15 @@ export default defineSuite({
             ratios: [{ of: 'sparsekit', vs: 'onnxruntime' }],
             notes,
           };
-          if (tokens === 1) {
-            spec.columns = (r) => ({ [`vs ${MEM_GBPS} GB/s`]: (r.median * 1e-3) / (wBytes / (MEM_GBPS * 1e9)) });
-          }
+          const bound = tokens === 1 ? readBoundColumn(wBytes, threads) : undefined;
+          if (bound) spec.columns = bound.column;
           if (packedScalar) {
             const ps = packedScalar;
             spec.contenders.push({ name: 'sparsekit-scalar', fn: () => linear(xt, ps, { out: oursScalar }) });
             spec.ratios!.push({ of: 'sparsekit', vs: 'sparsekit-scalar' });
           }
           await h.case(spec);
+          if (bound) h.note(`${spec.name} (${threads} threads): read bound at ${fmt(bound.rate())} GB/s measured.`);
           for (const n of notes) h.note(n);
         } finally {
           await session.release();

@@ -32,8 +32,9 @@
  *
  * GFLOP/s counts only the routed expert FLOPs, 2·T·k·3·d·ffn, for every
  * contender. At T = 1, "vs N GB/s" is time ÷ (bytes of the k selected
- * experts' weights, 3·d·ffn·4·k, read once at N GB/s); BENCH_MEM_GBPS sets N
- * (default 30, this machine's 2-core bandwidth). dense-equal-flops reads
+ * experts' weights, 3·d·ffn·4·k, read once at the streaming-read rate that
+ * `measureReadBandwidth` measures in this process before and after the case;
+ * BENCH_MEM_GBPS overrides it). dense-equal-flops reads
  * different bytes (one [3·ffn, d] matrix, one expert's worth), so its GB/s
  * cell at T = 1 uses our byte count and means nothing; efficiency is only
  * meaningful for T > 1.
@@ -56,7 +57,7 @@
  * idle workers spin (off by default: see ortSpin in bench/onnx.ts).
  */
 import * as ort from 'onnxruntime-node';
-import { defineSuite, filterByEnv, fmt, type CaseResult, type CaseSpec, type SuiteContext } from './harness';
+import { defineSuite, filterByEnv, fmt, readBoundColumn, type CaseResult, type CaseSpec, type SuiteContext } from './harness';
 import { moeModel, ortSpin } from './onnx';
 import {
   expertsForward,
@@ -118,7 +119,6 @@ const SHAPES: Shape[] = [
 const TOKENS = [1, 32, 512, 2048];
 /** Token counts of the sparse-experts cases (Mixtral shape): issue 6 asks for T = 512. */
 const SPARSE_TOKENS = [512];
-const MEM_GBPS = Number(process.env.BENCH_MEM_GBPS ?? 30);
 const TOLERANCE = 1e-4;
 
 /** Threads per (shape, T): BENCH_THREADS overrides; default 2, plus 1 at Mixtral T = 512. */
@@ -212,15 +212,14 @@ export default defineSuite({
     'the ratio vs dense-equal-flops (one `linear` [T·k, d]×[3·ffn, d]ᵀ, same FLOPs) is the efficiency, our GFLOP/s ÷ dense GFLOP/s. ',
     'naive-loop: per expert, JS gather → `linear` gate, `linear` up → silu·mul in JS → `linear` down → JS weighted add. ',
     'onnxruntime: com.microsoft `MoE` (CPU EP, swiglu, k 2, normalize_routing_weights 1, same weights and threads), Mixtral shape only. ',
-    `At T = 1, GB/s and "vs ${MEM_GBPS} GB/s" refer to reading the k selected experts' weights once (3·d·ffn·4·k bytes; `,
-    'meaningless for dense-equal-flops, which reads one [3·ffn, d] matrix, so efficiency means nothing at T = 1).',
+    'At T = 1, GB/s and "vs read bound" refer to reading the k selected experts\' weights once (3·d·ffn·4·k bytes) at the streaming-read rate measured in this process before and after the case ',
+    '(meaningless for dense-equal-flops, which reads one [3·ffn, d] matrix, so efficiency means nothing at T = 1).',
   ].join(''),
 
   async run(h) {
     const spin = ortSpin();
     h.meta.onnxruntime = { version: ort.env.versions?.node ?? 'unknown', allowSpinning: spin };
     h.meta.isa = info().isa;
-    h.meta.memGBps = MEM_GBPS;
     h.note(
       `onnxruntime-node ${ort.env.versions?.node ?? '?'}: CPU EP, intraOpNumThreads = threads, interOpNumThreads = 1, ` +
         `graphOptimizationLevel all, allow_spinning ${spin}; MoE attributes k 2, activation_type swiglu, swiglu_fusion 1 ` +
@@ -369,12 +368,12 @@ async function runShape(
           spec.ratios!.push({ of: 'sparsekit', vs: 'onnxruntime' });
         }
         // dense-equal-flops reads other bytes (one [3·ffn, d] matrix): no memory-bound figure for it
-        if (T === 1)
-          spec.columns = (r) =>
-            r.name === 'dense-equal-flops' ? {} : { [`vs ${MEM_GBPS} GB/s`]: (r.median * 1e-3) / (wBytes / (MEM_GBPS * 1e9)) };
+        const bound = T === 1 ? readBoundColumn(wBytes, threads, (r) => r.name === 'dense-equal-flops') : undefined;
+        if (bound) spec.columns = bound.column;
         // calls of a second or more: one warmup call is enough (weights are packed ahead), and it saves ~25 % of the case
         if (flops >= 2e10) spec.timing = { warmupCalls: 1 };
         results.push(await h.case(spec));
+        if (bound) h.note(`${spec.name} (${threads} threads): read bound at ${fmt(bound.rate())} GB/s measured.`);
       }
     }
     if (sparse) {
@@ -435,8 +434,8 @@ function summary(shape: Shape, results: CaseResult[]): string {
     }
     if (T === 1) {
       const sk = r.contenders.find((c) => c.name === 'sparsekit')!;
-      const mem = Number(sk.columns?.[`vs ${MEM_GBPS} GB/s`]);
-      bits.push(`${fmt(mem)}× the ${MEM_GBPS} GB/s bound${mem <= 1.3 ? ' ✓≤1.3' : ' ✗>1.3'}`);
+      const mem = Number(sk.columns?.['vs read bound']);
+      bits.push(`${fmt(mem)}× the read bound${mem <= 1.3 ? ' ✓≤1.3' : ' ✗>1.3'}`);
     }
     parts.push(`T=${T}/${r.threads}t ${bits.join(', ')}`);
   }

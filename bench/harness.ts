@@ -24,7 +24,7 @@
 import { writeFileSync, readFileSync, mkdirSync, existsSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { setNumThreads, info } from '../lib/index';
+import { setNumThreads, getNumThreads, info, measureReadBandwidth } from '../lib/index';
 
 // ---------------------------------------------------------------------------
 // options
@@ -101,6 +101,45 @@ export function threadList(defaults: number[]): number[] {
   const list = env.split(',').map(Number);
   if (list.some((n) => !Number.isInteger(n) || n < 1)) throw new RangeError(`BENCH_THREADS: bad list '${env}'`);
   return list;
+}
+
+/**
+ * The decode bound's yardstick: the rate (GB/s) at which `threads` pool
+ * threads stream memory, measured now in this process (median of 9 passes over
+ * 256 MB, `measureReadBandwidth`), or BENCH_MEM_GBPS when set. The machine's
+ * bandwidth drifts (shared host: 60–95 GB/s seen on one 2-core VM within an
+ * hour), so a decode case measures it just before and just after its timing
+ * ({@link readBoundColumn}) rather than trusting a constant.
+ */
+export function readBoundGBps(threads: number): number {
+  const env = process.env.BENCH_MEM_GBPS;
+  if (env) {
+    const v = Number(env);
+    if (!(v > 0)) throw new RangeError(`BENCH_MEM_GBPS: bad value '${env}'`);
+    return v;
+  }
+  const was = getNumThreads();
+  setNumThreads(threads);
+  try {
+    return measureReadBandwidth({ megabytes: 256, passes: 9 }).medianGBps;
+  } finally {
+    setNumThreads(was);
+  }
+}
+
+/**
+ * Column `vs read bound` for a decode case that reads `bytes` of weights:
+ * time ÷ (bytes at the read rate), the rate being the mean of one measurement
+ * taken now (before the case) and one when the column is first computed
+ * (after its timing). `rate()` gives the rate used, for the case's note.
+ */
+export function readBoundColumn(bytes: number, threads: number, skip: (r: ContenderResult) => boolean = () => false) {
+  const before = readBoundGBps(threads);
+  let gbps: number | undefined;
+  const rate = () => (gbps ??= (before + readBoundGBps(threads)) / 2);
+  const column = (r: ContenderResult): Record<string, string | number> =>
+    skip(r) ? {} : { 'vs read bound': (r.median * 1e-3) / (bytes / (rate() * 1e9)) };
+  return { column, rate };
 }
 
 /** Keeps the items whose key is listed in env var `name` (comma separated), or all if unset. */

@@ -35,9 +35,10 @@
  *
  * GFLOP/s: the block's FLOPs, router 2·T·d·E + routed experts 2·T·k·3·d·ffn
  * (+ shared experts 2·T·3·d·sharedFF), for every contender. At T = 1, GB/s
- * and "vs N GB/s" refer to reading the weights a token touches once (the k
- * routed experts, the shared experts and the router, fp32) at N GB/s
- * (BENCH_MEM_GBPS, default 30).
+ * and "vs read bound" refer to reading the weights a token touches once (the
+ * k routed experts, the shared experts and the router, fp32) at the
+ * streaming-read rate measured in this process before and after the case
+ * (harness readBoundColumn; BENCH_MEM_GBPS overrides).
  *
  * Memory: peak ≈ 5.5 GB (the DeepSeek-style layer keeps its 2.3 GB of raw
  * weights as `denseWeights` next to 2.3 GB packed; Mixtral ≈ 1.2 GB with
@@ -49,13 +50,12 @@
  * lets ORT's idle workers spin (off by default: see ortSpin in bench/onnx.ts).
  */
 import * as ort from 'onnxruntime-node';
-import { defineSuite, filterByEnv, fmt, threadList, type CaseResult, type CaseSpec, type SuiteContext } from './harness';
+import { defineSuite, filterByEnv, fmt, readBoundColumn, threadList, type CaseResult, type CaseSpec, type SuiteContext } from './harness';
 import { moeModel, ortSpin } from './onnx';
 import { info, linear, MoELayer, prepackLinear, randomTensor, type MoEArchitecture, type MoEWeights } from '../lib/index';
 
 const TOKENS = [1, 32, 512, 2048];
 const THREADS = [2];
-const MEM_GBPS = Number(process.env.BENCH_MEM_GBPS ?? 30);
 const TOLERANCE = 1e-4;
 
 /** DeepSeek-V2-Lite's MoE block (see the file comment). */
@@ -144,14 +144,13 @@ export default defineSuite({
     'GFLOP/s = block FLOPs (router 2·T·d·E + routed 2·T·k·3·d·ffn + shared 2·T·3·d·sharedFF) ÷ time. ',
     'Speed ratio = ORT time ÷ our time (> 1: sparsekit faster). onnxruntime = com.microsoft `MoE` alone, fed the router logits ',
     '(computed ahead: ORT\'s op takes logits); onnxruntime+router = ONNX `MatMul` (router) → `MoE`, the whole block. ',
-    `At T = 1, GB/s and "vs ${MEM_GBPS} GB/s" refer to reading the weights one token touches (k routed + shared experts + router) once.`,
+    'At T = 1, GB/s and "vs read bound" refer to reading the weights one token touches (k routed + shared experts + router) once, at the streaming-read rate measured in this process before and after the case.',
   ].join(''),
 
   async run(h) {
     const spin = ortSpin();
     h.meta.onnxruntime = { version: ort.env.versions?.node ?? 'unknown', allowSpinning: spin };
     h.meta.isa = info().isa;
-    h.meta.memGBps = MEM_GBPS;
     h.note(
       `onnxruntime-node ${ort.env.versions?.node ?? '?'}: CPU EP, intraOpNumThreads = threads, interOpNumThreads = 1, ` +
         `graphOptimizationLevel all, allow_spinning ${spin}; MoE attributes k 2, activation_type swiglu, swiglu_fusion 1 ` +
@@ -248,10 +247,12 @@ async function runShape(h: SuiteContext, shape: Shape, tokensList: number[], spi
           );
           spec.ratios!.push({ of: 'sparsekit', vs: 'onnxruntime' }, { of: 'sparsekit', vs: 'onnxruntime+router' });
         }
-        if (T === 1) spec.columns = (r) => ({ [`vs ${MEM_GBPS} GB/s`]: (r.median * 1e-3) / (wBytes / (MEM_GBPS * 1e9)) });
+        const bound = T === 1 ? readBoundColumn(wBytes, threads) : undefined;
+        if (bound) spec.columns = bound.column;
         // calls of a second or more: one warmup call is enough (weights are packed ahead)
         if (flops >= 2e10) spec.timing = { warmupCalls: 1 };
         results.push(await h.case(spec));
+        if (bound) h.note(`${spec.name} (${threads} threads): read bound at ${fmt(bound.rate())} GB/s measured.`);
       }
     }
   } finally {
@@ -274,7 +275,7 @@ function summary(results: CaseResult[]): string {
     const bits = r.ratios.map((x) => `${x.speedup.toFixed(2)}× ${x.vs}${x.speedup >= target ? ` ✓≥${target}` : ` ✗<${target}`}`);
     if (T === 1) {
       const sk = r.contenders.find((c) => c.name === 'sparsekit')!;
-      bits.push(`${fmt(Number(sk.columns?.[`vs ${MEM_GBPS} GB/s`]))}× the ${MEM_GBPS} GB/s bound`);
+      bits.push(`${fmt(Number(sk.columns?.['vs read bound']))}× the read bound`);
     }
     parts.push(`T=${T}: ${bits.join(', ')}`);
   }

@@ -1,10 +1,15 @@
 // Module init: runtime controls (info, threads, ISA) and each op family.
 #include <napi.h>
 
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 #include "args.h"
 #include "families.h"
 #include "sparsekit/bsr.h"
 #include "sparsekit/dense.h"
+#include "sparsekit/memory.h"
 #include "sparsekit/routing.h"
 #include "sparsekit/nm.h"
 #include "sparsekit/runtime.h"
@@ -77,12 +82,67 @@ Napi::Value SetIsa(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// measureReadBandwidth(megabytes = 256, passes = 9): the rate at which the
+// thread pool streams a buffer far larger than the caches, summing it (the
+// yardstick for decode-sized calls, whose time is reading weights once).
+// Every pool thread sums its share of blocks; median and best of the passes.
+Napi::Value MeasureReadBandwidth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string fn = "measureReadBandwidth";
+  const int64_t mb = info[0].IsUndefined() ? 256 : get_dim(env, fn, "megabytes", info[0]);
+  const int64_t passes = info[1].IsUndefined() ? 9 : get_dim(env, fn, "passes", info[1]);
+  if (mb < 16 || mb > 16384) throw_range(env, fn, "megabytes must be 16 to 16384, got " + std::to_string(mb));
+  if (passes > 1000) throw_range(env, fn, "passes must be ≤ 1000, got " + std::to_string(passes));
+  typedef float F16 __attribute__((vector_size(64)));
+  const int64_t vecs = mb * (int64_t(1) << 20) / 64;
+  AlignedBuffer<F16> buf;
+  if (!buf.resize(size_t(vecs))) throw_range(env, fn, "could not allocate " + std::to_string(mb) + " MB");
+  ThreadPool& pool = ThreadPool::instance();
+  const int64_t blocks = 64 * pool.num_threads(), per = (vecs + blocks - 1) / blocks;
+  F16* a = buf.data();
+  // First touch by the threads that will read each block.
+  pool.parallel_for(blocks, [&](int64_t b, int) {
+    for (int64_t i = b * per; i < std::min(vecs, (b + 1) * per); ++i) a[i] = F16{} + 1.f;
+  });
+  std::vector<float> sums(static_cast<size_t>(blocks), 0.f);
+  std::vector<double> secs;
+  for (int64_t p = 0; p < passes + 1; ++p) {  // the first pass warms up
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.parallel_for(blocks, [&](int64_t b, int) {
+      F16 s0{}, s1{}, s2{}, s3{};
+      const int64_t i1 = std::min(vecs, (b + 1) * per);
+      int64_t i = b * per;
+      for (; i + 4 <= i1; i += 4) s0 += a[i], s1 += a[i + 1], s2 += a[i + 2], s3 += a[i + 3];
+      for (; i < i1; ++i) s0 += a[i];
+      const F16 s = (s0 + s1) + (s2 + s3);
+      float t = 0.f;
+      for (int l = 0; l < 16; ++l) t += s[l];
+      sums[size_t(b)] = t;
+    });
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (p > 0) secs.push_back(dt);
+  }
+  double total = 0;
+  for (float v : sums) total += v;
+  if (total != double(vecs) * 16) throw_range(env, fn, "the buffer did not sum to its size (memory error?)");
+  std::sort(secs.begin(), secs.end());
+  const double bytes = double(vecs) * 64;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("medianGBps", bytes / secs[secs.size() / 2] / 1e9);
+  o.Set("bestGBps", bytes / secs[0] / 1e9);
+  o.Set("megabytes", double(mb));
+  o.Set("passes", double(passes));
+  o.Set("threads", pool.num_threads());
+  return o;
+}
+
 Napi::Object InitImpl(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(new AddonData());
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads, "setNumThreads"));
   exports.Set("getNumThreads", Napi::Function::New(env, GetNumThreads, "getNumThreads"));
   exports.Set("setIsa", Napi::Function::New(env, SetIsa, "setIsa"));
+  exports.Set("measureReadBandwidth", Napi::Function::New(env, MeasureReadBandwidth, "measureReadBandwidth"));
   RegisterDense(env, exports);
   RegisterBsr(env, exports);
   RegisterExperts(env, exports);

@@ -4,7 +4,7 @@
  * Everything heavy runs in C++ (Node-API) on a persistent thread pool, with
  * kernels for the CPU's best instruction set chosen at load.
  */
-import { native, type IsaName, type RawInfo } from './native';
+import { native, type IsaName, type RawInfo, type ReadBandwidth } from './native';
 import { cuda, type CudaBackendInfo } from './cuda';
 
 export { linear, linearAsync, prepackLinear } from './dense';
@@ -90,7 +90,7 @@ export type {
 } from './cuda';
 export { tensor, zeros, numel, randomTensor } from './tensor';
 export type { Tensor, Float32Tensor } from './tensor';
-export type { IsaName } from './native';
+export type { IsaName, ReadBandwidth } from './native';
 
 export interface BackendInfo {
   available: boolean;
@@ -128,6 +128,20 @@ export function setNumThreads(n: number): void {
 /** Current size of the native thread pool. */
 export function getNumThreads(): number {
   return native.getNumThreads();
+}
+
+/**
+ * Measures how fast the thread pool streams memory: every pool thread sums
+ * its share of a `megabytes` buffer (default 256, 16…16384; far larger than
+ * the caches), `passes` times (default 9) after one warm-up pass. Decode-sized
+ * calls (one token) are bound by reading their weights once, so
+ * `weightBytes / (medianGBps · 1e9)` is the time they cannot beat here; the
+ * benchmarks compare against it. Blocks the calling thread (~0.1–1 s).
+ */
+export function measureReadBandwidth(options: { megabytes?: number; passes?: number } = {}): ReadBandwidth {
+  if (options === null || typeof options !== 'object')
+    throw new TypeError(`measureReadBandwidth: options must be an object, got ${options === null ? 'null' : typeof options}`);
+  return native.measureReadBandwidth(options.megabytes, options.passes);
 }
 
 /**

@@ -112,11 +112,24 @@ export interface RawInfo {
   cpu: Record<string, boolean>;
 }
 
+/** What {@link measureReadBandwidth} measured. */
+export interface ReadBandwidth {
+  /** Median over the passes, GB/s (1e9 bytes per second). */
+  medianGBps: number;
+  /** Fastest pass, GB/s. */
+  bestGBps: number;
+  megabytes: number;
+  passes: number;
+  /** Pool threads that read. */
+  threads: number;
+}
+
 export interface NativeBinding extends NativeCudaBinding {
   info(): RawInfo;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   setIsa(isa: IsaName): void;
+  measureReadBandwidth(megabytes?: number, passes?: number): ReadBandwidth;
   prepackLinear(w: Float32Tensor): PackedLinear;
   linear(x: Float32Tensor, w: Float32Tensor | PackedLinear, options?: NativeLinearOptions): Float32Tensor;
   linearAsync(x: Float32Tensor, w: Float32Tensor | PackedLinear, options?: NativeLinearOptions): Promise<Float32Tensor>;

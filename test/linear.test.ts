@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
+import * as sk from '../lib/index';
 import { info, linear, linearAsync, prepackLinear, setNumThreads, getNumThreads, setIsa, type PackedLinear } from '../lib/index';
 import { native } from '../lib/native';
 import { checkBadInputs, checkOp, relError, type BadCase } from './harness';
@@ -279,4 +280,19 @@ test('raw binding survives arbitrary garbage (fast-check): only TypeError/RangeE
     { numRuns: 3000 },
   );
   setNumThreads(Math.max(1, require('node:os').availableParallelism?.() ?? 2));
+});
+
+test('measureReadBandwidth: a positive, finite rate from the pool threads; bad arguments are named errors', () => {
+  const r = sk.measureReadBandwidth({ megabytes: 32, passes: 3 });
+  assert.equal(r.megabytes, 32);
+  assert.equal(r.passes, 3);
+  assert.equal(r.threads, sk.getNumThreads());
+  assert.ok(Number.isFinite(r.medianGBps) && r.medianGBps > 0.1, `median ${r.medianGBps}`);
+  assert.ok(r.bestGBps >= r.medianGBps, `best ${r.bestGBps} < median ${r.medianGBps}`);
+  assert.throws(() => sk.measureReadBandwidth({ megabytes: 8 }), (e: Error) => e instanceof RangeError && /megabytes/.test(e.message));
+  assert.throws(() => sk.measureReadBandwidth({ megabytes: 1e9 }), (e: Error) => e instanceof RangeError && /megabytes/.test(e.message));
+  assert.throws(() => sk.measureReadBandwidth({ passes: 0 }), (e: Error) => e instanceof RangeError && /passes/.test(e.message));
+  assert.throws(() => sk.measureReadBandwidth({ passes: 2.5 }), (e: Error) => e instanceof RangeError && /passes/.test(e.message));
+  assert.throws(() => sk.measureReadBandwidth({ megabytes: '64' as unknown as number }), (e: Error) => e instanceof TypeError && /megabytes/.test(e.message));
+  assert.throws(() => sk.measureReadBandwidth(null as unknown as {}), TypeError);
 });
