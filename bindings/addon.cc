@@ -91,7 +91,7 @@ Napi::Value MeasureReadBandwidth(const Napi::CallbackInfo& info) {
   const std::string fn = "measureReadBandwidth";
   const int64_t mb = info[0].IsUndefined() ? 256 : get_dim(env, fn, "megabytes", info[0]);
   const int64_t passes = info[1].IsUndefined() ? 9 : get_dim(env, fn, "passes", info[1]);
-  if (mb < 16 || mb > 16384) throw_range(env, fn, "megabytes must be 16 to 16384, got " + std::to_string(mb));
+  if (mb < 16 || mb > 4096) throw_range(env, fn, "megabytes must be 16 to 4096, got " + std::to_string(mb));
   if (passes > 1000) throw_range(env, fn, "passes must be ≤ 1000, got " + std::to_string(passes));
   typedef float F16 __attribute__((vector_size(64)));
   const int64_t vecs = mb * (int64_t(1) << 20) / 64;

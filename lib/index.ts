@@ -132,7 +132,7 @@ export function getNumThreads(): number {
 
 /**
  * Measures how fast the thread pool streams memory: every pool thread sums
- * its share of a `megabytes` buffer (default 256, 16…16384; far larger than
+ * its share of a `megabytes` buffer (default 256, 16…4096; far larger than
  * the caches), `passes` times (default 9) after one warm-up pass. Decode-sized
  * calls (one token) are bound by reading their weights once, so
  * `weightBytes / (medianGBps · 1e9)` is the time they cannot beat here; the
