@@ -107,7 +107,7 @@ export function threadList(defaults: number[]): number[] {
  * The decode bound's yardstick: the rate (GB/s) at which `threads` pool
  * threads stream memory, measured now in this process (median of 9 passes over
  * 256 MB, `measureReadBandwidth`), or BENCH_MEM_GBPS when set. The machine's
- * bandwidth drifts (shared host: 60–95 GB/s seen on one 2-core VM within an
+ * bandwidth drifts (shared host: 41–94 GB/s seen on one 2-core VM within an
  * hour), so a decode case measures it just before and just after its timing
  * ({@link readBoundColumn}) rather than trusting a constant.
  */

@@ -157,11 +157,14 @@ SK_INLINE void nm_for_values(const typename P::Row& row, int64_t j0, int64_t j1,
 
 // Portable: 8 lane sums per token, kept in an array the compiler can
 // vectorise; RG rows one after the other.
+// Most tokens the row-streaming kernel takes for a tuned pattern whose chunk
+// spans `win` 8-column windows (measured against the tiles, 4096×4096, 2
+// threads); the AVX-512 kernel has its own.
+constexpr int nm_small_max_tokens(int win) { return win <= 2 ? 4 : win <= 4 ? 2 : 1; }
+
 template <class V>
 struct NmSmall {
-  // Most tokens it takes for a tuned pattern whose chunk spans `win` 8-column
-  // windows (measured against the tiles, 4096×4096, 2 threads).
-  static constexpr int max_tokens(int win) { return win <= 2 ? 4 : win <= 4 ? 2 : 1; }
+  static constexpr int max_tokens(int win) { return nm_small_max_tokens(win); }
   template <class P, int RG, int TOK>
   static void dot(const typename P::Row* rows, int64_t kept, const float* x, int64_t ldx, float* out) {
     for (int r = 0; r < RG; ++r) dot1<P, TOK>(rows[r], kept, x, ldx, out + r * TOK);
@@ -189,7 +192,7 @@ struct NmSmall {
 #if defined(__AVX2__) && defined(__FMA__)
 // AVX2 (also used by the AVX-512 build: 8 values per chunk fit a ymm).
 struct NmSmallYmm {
-  static constexpr int max_tokens(int win) { return win <= 2 ? 4 : win <= 4 ? 2 : 1; }
+  static constexpr int max_tokens(int win) { return nm_small_max_tokens(win); }
   // RG rows of one panel together: they stream W once, in order, and share
   // the x windows of each chunk.
   template <class P, int RG, int TOK>
