@@ -120,25 +120,6 @@ __attribute__((noinline)) void bsr_ukernel(int64_t nblocks, const int32_t* __res
     for (int j = 0; j < NRV; ++j) V::store(c + i * NR + j * V::W, acc[0][i][j]);
 }
 
-// y[t][o] = stage[o][t] for t < tv, o < rows (stage rows are nr floats).
-// Whole-vector stores matter: the y lines are cold, and scalar stores that
-// miss fill the store buffer after a few lines.
-SK_INLINE void write_transposed(const float* __restrict stage, int64_t nr, int64_t rows, int64_t tv,
-                                float* __restrict y, int64_t ldy) {
-  int64_t o0 = 0;
-#if defined(__AVX2__)
-  // 8×8 register transposes while 8 rows and 8 tokens are available.
-  const int64_t tv8 = tv / 8 * 8;
-  for (; o0 + 8 <= rows; o0 += 8) {
-    for (int64_t t0 = 0; t0 < tv8; t0 += 8) sk_transpose8x8(stage + o0 * nr + t0, nr, y + t0 * ldy + o0, ldy);
-    for (int64_t t = tv8; t < tv; ++t)
-      for (int64_t o = o0; o < o0 + 8; ++o) y[t * ldy + o] = stage[o * nr + t];
-  }
-#endif
-  for (int64_t t = 0; t < tv; ++t)
-    for (int64_t o = o0; o < rows; ++o) y[t * ldy + o] = stage[o * nr + t];
-}
-
 // dst[kk·NR + j] = rows[j][kk] for kk < kc, j < NR (rows[j] null → zeros):
 // one KC-deep slice of an NR panel gathered from arbitrary rows.
 template <int NR>
@@ -410,7 +391,7 @@ struct BsrImpl {
           const int64_t t0 = (tile0 + t) * nr;
           const int64_t tv = sk_min64(nr, m - t0);  // valid tokens in the tile
           float* yr = y + t0 * n + run0;
-          write_transposed(stage + t * stage_stride, nr, run_rows, tv, yr, n);
+          sk_write_transposed(stage + t * stage_stride, nr, run_rows, tv, yr, n);
           if (bias || act != Activation::kNone)
             for (int64_t q = 0; q < tv; ++q) sk_epilogue_row(yr + q * n, bias ? bias + run0 : nullptr, run_rows, act);
         }
@@ -502,12 +483,12 @@ struct BsrImpl {
           off += rows;
         }
         if (gate_rows == 0 || gate_side) {
-          write_transposed(stage, nr, run_rows, tv, ye + run0, out);
+          sk_write_transposed(stage, nr, run_rows, tv, ye + run0, out);
           if (gate_rows == 0 && act != Activation::kNone)
             for (int64_t q = 0; q < tv; ++q) sk_epilogue_row(ye + q * out + run0, nullptr, run_rows, act);
         } else {
           const int64_t c0 = run0 - gate_rows;
-          write_transposed(stage, nr, run_rows, tv, up, run_rows);
+          sk_write_transposed(stage, nr, run_rows, tv, up, run_rows);
           for (int64_t q = 0; q < tv; ++q) sk_gate_row(ye + q * out + c0, up + q * run_rows, run_rows, act);
         }
         ga = gb;

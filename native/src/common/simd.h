@@ -229,6 +229,48 @@ SK_INLINE F sk_verfc(F z) {
 // y[j] = f(y[j]) for j < n, kSkLanes at a time; the tail goes through the same
 // vector code on a padded copy, so a value's result never depends on where it
 // sits in the row (or on how a kernel split the row).
+#if defined(__AVX2__)
+// d[c·ldd + r] = s[r·lds + c] for an 8×8 tile, in registers.
+SK_INLINE void sk_transpose8x8(const float* __restrict s, int64_t lds, float* __restrict d, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds), r2 = _mm256_loadu_ps(s + 2 * lds),
+         r3 = _mm256_loadu_ps(s + 3 * lds), r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds),
+         r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
+  __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1), u2 = _mm256_unpacklo_ps(r2, r3),
+         u3 = _mm256_unpackhi_ps(r2, r3), u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5),
+         u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE), v2 = _mm256_shuffle_ps(u1, u3, 0x44),
+         v3 = _mm256_shuffle_ps(u1, u3, 0xEE), v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE),
+         v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
+  _mm256_storeu_ps(d, _mm256_permute2f128_ps(v0, v4, 0x20));
+  _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(v1, v5, 0x20));
+  _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(v2, v6, 0x20));
+  _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(v3, v7, 0x20));
+  _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(v0, v4, 0x31));
+  _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(v1, v5, 0x31));
+  _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(v2, v6, 0x31));
+  _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(v3, v7, 0x31));
+}
+#endif
+
+// y[t][o] = stage[o][t] for t < tv, o < rows (stage rows are nr floats).
+// Whole-vector stores matter: the y lines are cold, and scalar stores that
+// miss fill the store buffer after a few lines.
+SK_INLINE void sk_write_transposed(const float* __restrict stage, int64_t nr, int64_t rows, int64_t tv,
+                                float* __restrict y, int64_t ldy) {
+  int64_t o0 = 0;
+#if defined(__AVX2__)
+  // 8×8 register transposes while 8 rows and 8 tokens are available.
+  const int64_t tv8 = tv / 8 * 8;
+  for (; o0 + 8 <= rows; o0 += 8) {
+    for (int64_t t0 = 0; t0 < tv8; t0 += 8) sk_transpose8x8(stage + o0 * nr + t0, nr, y + t0 * ldy + o0, ldy);
+    for (int64_t t = tv8; t < tv; ++t)
+      for (int64_t o = o0; o < o0 + 8; ++o) y[t * ldy + o] = stage[o * nr + t];
+  }
+#endif
+  for (int64_t t = 0; t < tv; ++t)
+    for (int64_t o = o0; o < rows; ++o) y[t * ldy + o] = stage[o * nr + t];
+}
+
 template <class Fn>
 SK_INLINE void sk_map_row(float* __restrict y, int64_t n, Fn&& f) {
   constexpr int L = kSkLanes;

@@ -120,29 +120,6 @@ __attribute__((noinline)) void gemm_ukernel_stream(int64_t k, const float* __res
     for (int j = 0; j < NRV; ++j) V::store(c + i * ldc + j * V::W, acc[i][j]);
 }
 
-#if defined(__AVX2__)
-// d[c·ldd + r] = s[r·lds + c] for an 8×8 tile, in registers.
-SK_INLINE void sk_transpose8x8(const float* __restrict s, int64_t lds, float* __restrict d, int64_t ldd) {
-  __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds), r2 = _mm256_loadu_ps(s + 2 * lds),
-         r3 = _mm256_loadu_ps(s + 3 * lds), r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds),
-         r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
-  __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1), u2 = _mm256_unpacklo_ps(r2, r3),
-         u3 = _mm256_unpackhi_ps(r2, r3), u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5),
-         u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
-  __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE), v2 = _mm256_shuffle_ps(u1, u3, 0x44),
-         v3 = _mm256_shuffle_ps(u1, u3, 0xEE), v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE),
-         v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
-  _mm256_storeu_ps(d, _mm256_permute2f128_ps(v0, v4, 0x20));
-  _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(v1, v5, 0x20));
-  _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(v2, v6, 0x20));
-  _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(v3, v7, 0x20));
-  _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(v0, v4, 0x31));
-  _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(v1, v5, 0x31));
-  _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(v2, v6, 0x31));
-  _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(v3, v7, 0x31));
-}
-#endif
-
 // Packs rows [p0·NR, p1·NR) of a row-major [n, k] matrix into panels of NR
 // rows stored k-major (panel p holds row p·NR + j, column kk at
 // [p·k·NR + kk·NR + j]), zero-padding past n. The dense kernel packs W this

@@ -503,10 +503,24 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
 // dst[tile][k][TT] = src[tile·TT + t][k] (zero past m): token tiles transposed
 // so one column's tokens are contiguous. Parallel over (tile, block of k).
 // Columns [k0, k1) of one token tile: d[kk][t] = src[t][kk] for the tile's
-// first `valid` tokens (rows of src, k floats apart), 0 for the rest.
+// first `valid` tokens (rows of src, k floats apart; valid may exceed the
+// tile), 0 for the rest.
 SK_INLINE void nm_pack_tile_cols(const float* src, int64_t valid, int64_t k, int64_t k0, int64_t k1, int64_t tt_size,
                                  float* d) {
-  for (int64_t t = 0; t < tt_size; ++t) {
+  int64_t t0 = 0;
+#if defined(__AVX2__)
+  // 8 × 8 register transposes over whole groups of 8 tokens and 8 columns,
+  // a group of columns at a time, so each x row of the tile is written in
+  // whole vectors, in order. Against the scalar copy (Zen 5, 2 threads,
+  // Mixtral-shaped 2:4 experts at T = 512): down 1.12x, gate/up 1.05x.
+  const int64_t t8 = nm_min(valid, tt_size) / 8 * 8, kb = k0 + (k1 - k0) / 8 * 8;
+  for (int64_t kk = k0; kk < kb; kk += 8)
+    for (int64_t t = 0; t < t8; t += 8) sk_transpose8x8(src + t * k + kk, k, d + kk * tt_size + t, tt_size);
+  for (int64_t t = 0; t < t8; ++t)
+    for (int64_t kk = kb; kk < k1; ++kk) d[kk * tt_size + t] = src[t * k + kk];
+  t0 = t8;
+#endif
+  for (int64_t t = t0; t < tt_size; ++t) {
     if (t < valid) {
       const float* s = src + t * k;
       for (int64_t kk = k0; kk < k1; ++kk) d[kk * tt_size + t] = s[kk];
@@ -720,29 +734,22 @@ struct NmDriver {
   // Writes one tile's sums (acc [r1 − r0][tt], as tile_block leaves them) for
   // its first tn tokens to y [tokens, ldy] at column r0: y = act(s + bias),
   // or with `up` (the up product's sums, same layout) y = act(s) ⊙ up.
-  static void store_tile(const float* acc, const float* up, int64_t tn, int64_t tt, int64_t ldy, int64_t r0, int64_t r1,
+  static void store_tile(float* acc, const float* up, int64_t tn, int64_t tt, int64_t ldy, int64_t r0, int64_t r1,
                          const float* bias, Activation act, float* y) {
-    alignas(64) float ub[kMCMax * 8];
     const int64_t nr = r1 - r0;
     float* yt = y + r0;
-    auto transpose = [&](const float* sc, float* out, int64_t ld, int64_t tb, int64_t te) {
-      // [rows][tokens] → [tokens][rows] in 8 × 8 blocks, cache lines used whole.
-      for (int64_t i0 = 0; i0 < nr; i0 += 8)
-        for (int64_t t0b = tb; t0b < te; t0b += 8)
-          for (int64_t t = t0b; t < nm_min(te, t0b + 8); ++t)
-            for (int64_t i = i0; i < nm_min(nr, i0 + 8); ++i) out[(t - tb) * ld + i] = sc[i * tt + t];
-    };
-    transpose(acc, yt, ldy, 0, tn);
-    if (!up) {
-      for (int64_t t = 0; t < tn; ++t) sk_epilogue_row(yt + t * ldy, bias ? bias + r0 : nullptr, nr, act);
+    if (up) {
+      // Gated: act(gate) ⊙ up element by element in the tile's layout (the
+      // padding tokens' sums are zero), then one transpose: ~1 % of the
+      // gated call over gating the transposed rows with the up sums
+      // transposed beside them.
+      sk_gate_row(acc, up, nr * tt, act);
+      sk_write_transposed(acc, tt, nr, tn, yt, ldy);
       return;
     }
-    // Gated: the up sums, 8 tokens at a time, beside the gate row they scale.
-    for (int64_t tb = 0; tb < tn; tb += 8) {
-      const int64_t te = nm_min(tn, tb + 8);
-      transpose(up, ub, nr, tb, te);
-      for (int64_t t = tb; t < te; ++t) sk_gate_row(yt + t * ldy, ub + (t - tb) * nr, nr, act);
-    }
+    sk_write_transposed(acc, tt, nr, tn, yt, ldy);
+    if (bias || act != Activation::kNone)
+      for (int64_t t = 0; t < tn; ++t) sk_epilogue_row(yt + t * ldy, bias ? bias + r0 : nullptr, nr, act);
   }
 
   // Tile widths (vectors of W tokens) for an expert of `rows` tokens, into
