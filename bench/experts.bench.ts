@@ -382,8 +382,10 @@ async function runShape(
         const plan = route(randomTensor([T, E], 200 + T), shape.routing);
         const ours = new Float32Array(T * d);
         const sp = sparse;
-        const bsr = () => sparseExpertsForward(x, plan, sp.bsr.gateUp, sp.bsr.down, { activation: 'silu' });
-        const nm = () => sparseExpertsForward(x, plan, sp.nm.gateUp, sp.nm.down, { activation: 'silu' });
+        // every contender writes into a preallocated output, as the dense one does
+        const outS = new Float32Array(T * d);
+        const bsr = () => sparseExpertsForward(x, plan, sp.bsr.gateUp, sp.bsr.down, { activation: 'silu', out: outS });
+        const nm = () => sparseExpertsForward(x, plan, sp.nm.gateUp, sp.nm.down, { activation: 'silu', out: outS });
         const r = await h.case({
           name: `${key} sparse experts T=${T}`,
           params: { shape: key, tokens: T, d, ffn, experts: E, k, sparse: true },

@@ -158,6 +158,6 @@ export { loadSafetensors, saveSafetensors, SafetensorsFile, SafetensorsError, MA
 export type { TensorInfo, TensorToSave } from './safetensors';
 
 export { MoELayer, moePresets } from './moe';
-export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';
+export type { MoEConfig, MoEWeights, MoEArchitecture, MoEPresetName, MoEForwardResult, MoEForwardOptions, TensorSource, FromCheckpointOptions, CheckpointScheme } from './moe';
 export { SparseExperts, sparseExpertsForward, sparsePlainExpertsForward } from './sparse-experts';
 export type { SparseExpertFormat } from './sparse-experts';

@@ -173,6 +173,14 @@ export interface MoEWeights {
   sharedGate?: Float32Tensor;
 }
 
+export interface MoEForwardOptions {
+  /**
+   * `[T·dModel]` floats to write `y` into (returned as `y.data`): a loop that
+   * reuses one buffer allocates nothing proportional to its output per call.
+   */
+  out?: Float32Array | null;
+}
+
 export interface MoEForwardResult {
   /** `[T, d]` */
   y: Float32Tensor;
@@ -288,6 +296,18 @@ export class MoELayer {
       err(`forward: x.shape[1] = ${x.shape[1]} must equal dModel = ${this.config.dModel}`);
   }
 
+  /** options.out, checked: undefined when absent. */
+  private outOf(x: Float32Tensor, options: MoEForwardOptions | undefined): Float32Array | undefined {
+    if (options === undefined || options === null) return undefined;
+    if (typeof options !== 'object') throw new TypeError('MoELayer.forward: options must be an object');
+    const out = options.out;
+    if (out === undefined || out === null) return undefined;
+    if (!(out instanceof Float32Array)) throw new TypeError('MoELayer.forward: options.out must be a Float32Array');
+    const n = x.shape[0] * this.config.dModel;
+    if (out.length !== n) err(`forward: options.out has ${out.length} floats, y needs ${n} (tokens × dModel)`);
+    return out;
+  }
+
   private finish(x: Float32Tensor, plan: RoutingPlan, routed: Float32Tensor): MoEForwardResult {
     const y = routed;
     if (this.sharedGateUp && this.sharedDown) {
@@ -313,46 +333,49 @@ export class MoELayer {
     };
   }
 
-  private routedExperts(x: Float32Tensor, plan: RoutingPlan): Float32Tensor {
+  private routedExperts(x: Float32Tensor, plan: RoutingPlan, out: Float32Array | undefined): Float32Tensor {
     const T = x.shape[0];
     const d = this.config.dModel;
-    if (plan.sortedSlots.length === 0) return { data: new Float32Array(T * d), shape: [T, d] };
+    if (plan.sortedSlots.length === 0) return { data: out ? out.fill(0) : new Float32Array(T * d), shape: [T, d] };
     if (this.sparse) {
       const act = this.architecture.activation;
       return this.architecture.gated
-        ? sparseExpertsForward(x, plan, this.sparse.first, this.sparse.down, { activation: act })
+        ? sparseExpertsForward(x, plan, this.sparse.first, this.sparse.down, { activation: act, out })
         : sparsePlainExpertsForward(x, plan, this.sparse.first, this.sparse.down, {
             activation: act,
             b1: this.weights.b1?.data ?? null,
             b2: this.weights.b2?.data ?? null,
+            out,
           });
     }
-    if (this.gateUp) return expertsForward(x, plan, this.gateUp, this.w2, { activation: this.architecture.activation });
+    if (this.gateUp) return expertsForward(x, plan, this.gateUp, this.w2, { activation: this.architecture.activation, out });
     const xs = permute(x, plan);
     const h = groupedLinear(xs, plan.expertOffsets, this.w1!, { activation: this.architecture.activation });
     const ys = groupedLinear(h, plan.expertOffsets, this.w2);
-    return combine(ys, plan);
+    return combine(ys, plan, { out });
   }
 
-  /** Runs the block on `x: [tokens, dModel]`. */
-  forward(x: Float32Tensor): MoEForwardResult {
+  /**
+   * Runs the block on `x: [tokens, dModel]`; with `options.out` the output is
+   * written there (see MoEForwardOptions) instead of a new array.
+   */
+  forward(x: Float32Tensor, options?: MoEForwardOptions): MoEForwardResult {
     this.checkX(x);
+    const out = this.outOf(x, options);
     const logits = linear(x, this.router);
     const plan = route(logits, this.routerOptions);
-    return this.finish(x, plan, this.routedExperts(x, plan));
+    return this.finish(x, plan, this.routedExperts(x, plan, out));
   }
 
   /** Same as forward, with the heavy steps off the event loop. */
-  async forwardAsync(x: Float32Tensor): Promise<MoEForwardResult> {
+  async forwardAsync(x: Float32Tensor, options?: MoEForwardOptions): Promise<MoEForwardResult> {
     this.checkX(x);
+    const out = this.outOf(x, options);
     const logits = await linearAsync(x, this.router);
     const plan = await routeAsync(logits, this.routerOptions);
-    const T = x.shape[0];
     let routed: Float32Tensor;
-    if (plan.sortedSlots.length === 0) routed = { data: new Float32Array(T * this.config.dModel), shape: [T, this.config.dModel] };
-    else if (this.sparse) routed = this.routedExperts(x, plan);
-    else if (this.gateUp) routed = await expertsForwardAsync(x, plan, this.gateUp, this.w2, { activation: this.architecture.activation });
-    else routed = this.routedExperts(x, plan);
+    if (plan.sortedSlots.length === 0 || !(this.gateUp && !this.sparse)) routed = this.routedExperts(x, plan, out);
+    else routed = await expertsForwardAsync(x, plan, this.gateUp, this.w2, { activation: this.architecture.activation, out });
     return this.finish(x, plan, routed);
   }
 

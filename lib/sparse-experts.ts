@@ -100,8 +100,8 @@ export class SparseExperts {
 /**
  * Intermediate buffers of sparseExpertsForward, kept per gate/up stack and
  * grown as needed, so that steady-state calls do not allocate (and zero) tens
- * of megabytes each. Only the synchronous path uses them; the result is always
- * a fresh array.
+ * of megabytes each. Only the synchronous path uses them; the result is a
+ * fresh array unless the caller passes `out`.
  */
 const scratchOf = new WeakMap<SparseExperts, Map<string, Float32Array>>();
 function scratch(owner: SparseExperts, name: string, n: number): Float32Array {
@@ -112,16 +112,25 @@ function scratch(owner: SparseExperts, name: string, n: number): Float32Array {
   return b.subarray(0, n);
 }
 
+/** `out`: a Float32Array of exactly T·d floats to write the result into. */
+function outOf(fn: string, out: Float32Array | null | undefined, n: number): Float32Array | undefined {
+  if (out === undefined || out === null) return undefined;
+  if (!(out instanceof Float32Array)) throw new TypeError(`${fn}: options.out must be a Float32Array`);
+  if (out.length !== n) throw new RangeError(`${fn}: options.out has ${out.length} floats, the result needs ${n}`);
+  return out;
+}
+
 /**
  * The MoE expert block on sparse experts: `gateUp` holds `[E, 2·ffn, d]`
- * (gate rows, then up rows), `down` holds `[E, d, ffn]`.
+ * (gate rows, then up rows), `down` holds `[E, d, ffn]`. With `out` (T·d
+ * floats) the result is written there and no output is allocated.
  */
 export function sparseExpertsForward(
   x: Float32Tensor,
   plan: ExpertPlan,
   gateUp: SparseExperts,
   down: SparseExperts,
-  options: { activation?: ActivationName } = {},
+  options: { activation?: ActivationName; out?: Float32Array | null } = {},
 ): Float32Tensor {
   const T = x.shape[0];
   const d = x.shape[1];
@@ -131,8 +140,9 @@ export function sparseExpertsForward(
       `sparseExpertsForward: gateUp [${E}, ${gateUp.outFeatures}, ${gateUp.inFeatures}] and down [${down.numExperts}, ${down.outFeatures}, ${down.inFeatures}] do not form [E, 2·ffn, d] / [E, d, ffn] for d = ${d}`,
     );
   if (plan.expertOffsets.length !== E + 1) throw new RangeError(`sparseExpertsForward: plan.expertOffsets must have ${E + 1} entries`);
+  const out = outOf('sparseExpertsForward', options.out, T * d);
   const rows = plan.sortedSlots.length;
-  if (rows === 0) return { data: new Float32Array(T * d), shape: [T, d] };
+  if (rows === 0) return { data: out ? out.fill(0) : new Float32Array(T * d), shape: [T, d] };
   const xs = permute(x, plan, { out: scratch(gateUp, 'xs', rows * d) });
   const act = options.activation ?? 'silu';
   const f = down.inFeatures;
@@ -143,7 +153,7 @@ export function sparseExpertsForward(
   const blockRows = gs.format === 'bsr' ? (typeof gs.blockSize === 'number' ? gs.blockSize : gs.blockSize[0]) : 1;
   if (gs.format === down.spec.format && f % blockRows === 0) {
     const h = gateUp.grouped(xs, plan.expertOffsets, { gated: true, activation: act, out: scratch(gateUp, 'h', rows * f) });
-    return combine(down.grouped(h, plan.expertOffsets, { out: ys }), plan);
+    return combine(down.grouped(h, plan.expertOffsets, { out: ys }), plan, { out });
   }
   // Scratch for the largest expert's gate/up product and its GLU, reused by every expert.
   let most = 0;
@@ -158,22 +168,23 @@ export function sparseExpertsForward(
     const h = glu(gateUp.linear(e, xe, { out: guBuf }), { activation: act, out: hBuf });
     down.linear(e, h, { out: ys.subarray(r0 * d, r1 * d) });
   }
-  return combine({ data: ys, shape: [rows, d] }, plan);
+  return combine({ data: ys, shape: [rows, d] }, plan, { out });
 }
 
-/** Plain (non-gated) experts on sparse weights: `W2 act(W1 x + b1) + b2`. */
+/** Plain (non-gated) experts on sparse weights: `W2 act(W1 x + b1) + b2` (`out` as in sparseExpertsForward). */
 export function sparsePlainExpertsForward(
   x: Float32Tensor,
   plan: ExpertPlan,
   w1: SparseExperts,
   w2: SparseExperts,
-  options: { activation?: ActivationName; b1?: Float32Array | null; b2?: Float32Array | null } = {},
+  options: { activation?: ActivationName; b1?: Float32Array | null; b2?: Float32Array | null; out?: Float32Array | null } = {},
 ): Float32Tensor {
   const T = x.shape[0];
   const d = x.shape[1];
   const f = w1.outFeatures;
+  const out = outOf('sparsePlainExpertsForward', options.out, T * d);
   const rows = plan.sortedSlots.length;
-  if (rows === 0) return { data: new Float32Array(T * d), shape: [T, d] };
+  if (rows === 0) return { data: out ? out.fill(0) : new Float32Array(T * d), shape: [T, d] };
   const xs = permute(x, plan);
   const ys = new Float32Array(rows * d);
   for (let e = 0; e < w1.numExperts; e++) {
@@ -184,5 +195,5 @@ export function sparsePlainExpertsForward(
     const h = w1.linear(e, xe, { activation: options.activation ?? 'none', bias: options.b1 ? options.b1.subarray(e * f, (e + 1) * f) : null });
     w2.linear(e, h, { out: ys.subarray(r0 * d, r1 * d), bias: options.b2 ? options.b2.subarray(e * d, (e + 1) * d) : null });
   }
-  return combine({ data: ys, shape: [rows, d] }, plan);
+  return combine({ data: ys, shape: [rows, d] }, plan, { out });
 }

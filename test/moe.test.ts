@@ -76,6 +76,13 @@ for (const name of Object.keys(moePresets) as MoEPresetName[]) {
       assert.ok(err <= 1e-5, `${name} T=${T}: relative error ${err.toExponential(3)}`);
       const a = await layer.forwardAsync(x);
       assert.deepEqual(Array.from(a.y.data), Array.from(out.y.data), `${name} T=${T}: async differs`);
+      // options.out: the same values, written into the caller's buffer (whatever it held)
+      for (const run of [(o: Float32Array) => layer.forward(x, { out: o }), (o: Float32Array) => layer.forwardAsync(x, { out: o })]) {
+        const buf = new Float32Array(T * 16).fill(Number.NaN);
+        const r = await run(buf);
+        assert.equal(r.y.data, buf, `${name} T=${T}: y.data is options.out`);
+        assert.deepEqual(Array.from(buf), Array.from(out.y.data), `${name} T=${T}: forward with out differs`);
+      }
       assert.equal(out.aux.tokensPerExpert.length, layer.config.numExperts);
     }
   });
@@ -97,10 +104,15 @@ test("MoELayer 'switch': capacity overflow drops tokens, which pass through as 0
   }
 });
 
-test('MoELayer: bad configs and inputs give named errors', () => {
+test('MoELayer: bad configs and inputs give named errors', async () => {
   const { layer } = build('mixtral', 1);
   assert.throws(() => layer.forward({ data: new Float32Array(15), shape: [1, 15] }), /MoELayer: forward: x\.shape\[1\] = 15 must equal dModel = 16/);
   assert.throws(() => layer.forward('x' as never), TypeError);
+  const x1 = { data: new Float32Array(32), shape: [2, 16] };
+  assert.throws(() => layer.forward(x1, { out: new Float64Array(32) as never }), (e: unknown) => e instanceof TypeError && /options\.out must be a Float32Array/.test(String(e)));
+  assert.throws(() => layer.forward(x1, { out: new Float32Array(31) }), /MoELayer: forward: options\.out has 31 floats, y needs 32/);
+  assert.throws(() => layer.forward(x1, 5 as never), /options must be an object/);
+  await assert.rejects(() => layer.forwardAsync(x1, { out: new Float32Array(33) }), RangeError);
   const base = { dModel: 4, dFF: 3, numExperts: 2, architecture: 'mixtral' as const };
   const good = {
     router: { data: new Float32Array(8), shape: [2, 4] },

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { BlockSparseMatrix, MoELayer, NMSparseMatrix, SparseExperts, sparseExpertsForward, type SparseExpertFormat } from '../lib/index';
+import { BlockSparseMatrix, MoELayer, NMSparseMatrix, SparseExperts, sparseExpertsForward, sparsePlainExpertsForward, type SparseExpertFormat } from '../lib/index';
 import { checkOp, relError } from './harness';
 import { expertsForwardRef, randomPlan, type TestPlan } from './reference/experts';
 import { Rng } from './reference/rng';
@@ -102,6 +102,9 @@ test('MoELayer.sparsifyExperts: runs on the pruned weights, reports the error vs
     assert.ok(Math.abs(density - (spec.format === 'nm' ? 0.5 : 0.25)) < 0.02, `density ${density}`);
     const y = layer.forward(x).y.data;
     assert.ok(Math.abs(relError(y, dense) - relativeError) < 1e-9, 'reported error is the measured one');
+    const buf = new Float32Array(y.length).fill(Number.NaN);
+    assert.equal(layer.forward(x, { out: buf }).y.data, buf);
+    assert.deepEqual(Array.from(buf), Array.from(y), 'sparse experts: forward with options.out');
     assert.ok(relativeError > 1e-3 && relativeError < 1.5, `pruning changes the output: ${relativeError}`);
     // Same as a dense layer built from the pruned weights.
     const gu = new Float32Array(E * 2 * f * d);
@@ -120,4 +123,36 @@ test('MoELayer.sparsifyExperts: runs on the pruned weights, reports the error vs
   }
   assert.throws(() => SparseExperts.prune({ data: new Float32Array(4), shape: [2, 2] }, specs[0]), TypeError);
   assert.throws(() => SparseExperts.prune({ data: new Float32Array(16), shape: [1, 4, 4] }, { format: 'csr' } as never), /format must be 'bsr' or 'nm'/);
+});
+
+test('sparseExpertsForward / sparsePlainExpertsForward: `out` receives the result (no allocation), bad `out` is a named error', () => {
+  const rng = new Rng(92);
+  const E = 4, d = 16, f = 8, T = 21;
+  const plan = randomPlan(rng, T, E, 2);
+  const x = { data: rng.floats(T * d), shape: [T, d] };
+  for (const spec of [specs[0], { format: 'nm', n: 2, m: 4 }] as SparseExpertFormat[]) {
+    const gu = SparseExperts.prune({ data: rng.floats(E * 2 * f * d, 0.2), shape: [E, 2 * f, d] }, spec);
+    const w1 = SparseExperts.prune({ data: rng.floats(E * f * d, 0.2), shape: [E, f, d] }, spec);
+    const dn = SparseExperts.prune({ data: rng.floats(E * d * f, 0.2), shape: [E, d, f] }, spec);
+    const calls: [string, (o?: Float32Array | null) => { data: Float32Array }][] = [
+      ['sparseExpertsForward', (o) => sparseExpertsForward(x, plan, gu, dn, { out: o })],
+      ['sparsePlainExpertsForward', (o) => sparsePlainExpertsForward(x, plan, w1, dn, { activation: 'relu', out: o })],
+    ];
+    for (const [name, call] of calls) {
+      const fresh = call().data;
+      const out = new Float32Array(T * d).fill(Number.NaN);
+      const y = call(out);
+      assert.equal(y.data, out, `${name}: returns out itself`);
+      assert.deepEqual(Array.from(out), Array.from(fresh), `${name}: same values as a fresh result`);
+      assert.throws(() => call(new Float64Array(T * d) as never), (e: unknown) => e instanceof TypeError && /options\.out/.test(String(e)));
+      assert.throws(() => call(new Float32Array(T * d - 1)), (e: unknown) => e instanceof RangeError && /options\.out has 335 floats/.test(String(e)));
+    }
+  }
+  // no routed slots: out is zeroed
+  const empty = { ...plan, sortedSlots: new Int32Array(0), expertOffsets: new Int32Array(E + 1) };
+  const gu0 = SparseExperts.prune({ data: rng.floats(E * 2 * f * d, 0.2), shape: [E, 2 * f, d] }, specs[0]);
+  const dn0 = SparseExperts.prune({ data: rng.floats(E * d * f, 0.2), shape: [E, d, f] }, specs[0]);
+  const out = new Float32Array(T * d).fill(7);
+  assert.equal(sparseExpertsForward(x, empty as never, gu0, dn0, { out }).data, out);
+  assert.ok(out.every((v) => v === 0));
 });
