@@ -78,8 +78,12 @@ static void test_pool() {
 }
 
 static void test_linear_isa(Isa isa, std::mt19937& rng) {
-  const int shapes[][3] = {{1, 1, 1}, {1, 17, 5},  {7, 33, 31}, {6, 256, 16}, {13, 257, 47},
-                           {64, 300, 100}, {300, 31, 17}, {5, 1000, 3}, {97, 513, 129}, {2, 0, 4}};
+  // k past 2048 takes several of the AVX-512 plain product's deep slices
+  // (KC_PLAIN): in the small-batch walk (40 rows), the blocked one (200) and
+  // the one-panel stream (3).
+  const int shapes[][3] = {{1, 1, 1},     {1, 17, 5},       {7, 33, 31},     {6, 256, 16},  {13, 257, 47},
+                           {64, 300, 100}, {300, 31, 17},    {5, 1000, 3},    {97, 513, 129}, {2, 0, 4},
+                           {40, 4500, 70}, {200, 2100, 40}, {3, 2049, 33}};
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   for (auto& s : shapes) {
     int m = s[0], k = s[1], n = s[2];

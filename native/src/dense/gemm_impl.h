@@ -8,6 +8,9 @@
 // floats per k. x is packed per call into panels of MR rows the same way.
 // Blocking (BLIS-style): KC-deep slices keep one W micro-panel (KC·NR floats)
 // in L1 while it meets every x micro-panel of an MC-row block held in L2.
+// The plain product slices k KC_PLAIN deep, which the ISA's config may set
+// far deeper (AVX-512: a whole 2048-deep panel slice from L2, see
+// gemm_configs.h); the gated one keeps KC, its two W panels sharing L1.
 // Small batches change only the walk: one row panel (decode) streams each W
 // panel end to end through gemm_ukernel_stream with software prefetch; up to
 // PANEL_MAJOR_ROWS rows whose x block fits L2 walk W panel by panel, KC slice
@@ -287,7 +290,7 @@ struct Gemm {
   // order that keeps one W micro-panel in L1 and the x block in L2.
   // tile(ir, jr, pc, kc) computes one MR×NR tile's slice pc..pc+kc.
   template <class Tile>
-  static SK_INLINE void for_each_tile(int64_t k, int64_t i0, int64_t i1, int64_t j0, int64_t j1, Tile&& tile) {
+  static SK_INLINE void for_each_tile(int64_t k, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t KC, Tile&& tile) {
     if (i1 - i0 <= MR) {
       // One row panel: stream each W panel through once, end to end.
       for (int64_t jr = j0; jr < j1; jr += NR)
@@ -323,7 +326,7 @@ struct Gemm {
   // The same for the panel after (jr, pc) of packed W wp in that walk over
   // columns [j0, j1): the next panel of the slice, or the first of the next.
   static SK_INLINE void prefetch_next_w(const float* wp, int64_t k, int64_t j0, int64_t j1, int64_t jr, int64_t pc,
-                                        int64_t i0, int64_t i1, int64_t ir) {
+                                        int64_t i0, int64_t i1, int64_t ir, int64_t KC) {
     int64_t njr = jr + NR, npc = pc;
     if (njr >= j1) njr = j0, npc = pc + KC;
     if (npc < k) prefetch_w_share(wp + (njr / NR) * k * NR + npc * NR, sk_min64(KC, k - npc), i0, i1, ir);
@@ -344,7 +347,8 @@ struct Gemm {
       });
       return;
     }
-    for_each_tile(k, i0, i1, j0, j1, [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
+    constexpr int64_t KCP = Cfg::KC_PLAIN;
+    for_each_tile(k, i0, i1, j0, j1, KCP, [&](int64_t ir, int64_t jr, int64_t pc, int64_t kc) {
       int rows = static_cast<int>(sk_min64(MR, i1 - ir));
       int64_t cols = sk_min64(NR, n - jr);
       float* c = y + ir * n + jr;
@@ -356,7 +360,7 @@ struct Gemm {
           __builtin_prefetch(cn + i * n + NR - 1, 1, 3);
         }
       }
-      if (slice_major(k, i0, i1)) prefetch_next_w(wp, k, j0, j1, jr, pc, i0, i1, ir);
+      if (slice_major(k, i0, i1)) prefetch_next_w(wp, k, j0, j1, jr, pc, i0, i1, ir, KCP);
       run_tile(rows, cols, kc, xp + (ir / MR) * k * MR + pc * MR, wp + (jr / NR) * k * NR + pc * NR, c, n, pc > 0, tmp);
       if (pc + kc >= k && (bias || act != Activation::kNone))
         for (int i = 0; i < rows; ++i) sk_epilogue_row(c + i * n, bias ? bias + jr : nullptr, cols, act);
@@ -401,7 +405,7 @@ struct Gemm {
             if (pass == 0)
               prefetch_w_share(w3p + boff, kc, i0, i1, ir);
             else
-              prefetch_next_w(w1p, k, j0, j1, jr, pc, i0, i1, ir);
+              prefetch_next_w(w1p, k, j0, j1, jr, pc, i0, i1, ir, KC);
             if (pass == 0)
               run_tile(rows, cols, kc, a, w1p + boff, h + ir * n + jr, n, pc > 0, tmp);
             else
