@@ -36,7 +36,8 @@
 //   of xp for a block of KC columns (KC·T floats) stays in L1 while a block of
 //   MC rows streams past it, and each MC × T accumulator tile lives in a
 //   per-task scratch between column blocks. Tuned patterns run the panel tile
-//   (nm_panel_tile): its R rows (R | 4) lie in one packed panel, so it walks
+//   (nm_panel_tile; nm_panel_run steps it over a whole row block in one
+//   call): its R rows (R | 4) lie in one packed panel, so it walks
 //   one values pointer and one index pointer whatever R is; each value's x
 //   row offset is one rotate and one mask of the chunk's pre-shifted index
 //   word (T·4 bytes is a power of two: TV ∈ {1, 2, 4, 8}); and it prefetches
@@ -452,7 +453,7 @@ __attribute__((noinline)) void nm_tile(const typename P::Row* rows, int64_t c0, 
 //   pv: values of chunk 0 of row q; pm: its index bytes; xc: x rows of the
 //   first column of chunk 0; nc chunks.
 template <class V, class P, int R, int TV, int S>
-__attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm, int64_t nc, const float* __restrict xc_f,
+SK_INLINE void nm_panel_tile(const float* pv, const uint8_t* pm, int64_t nc, const float* __restrict xc_f,
                                              float* __restrict acc_io, bool load, const char* pfv, const char* pfm) {
   using T = typename V::T;
   constexpr int N = P::kN, M = P::kM, B = P::B, CC = P::CC, PR = P::PR, W = V::W, TT = TV * W;
@@ -498,6 +499,41 @@ __attribute__((noinline)) void nm_panel_tile(const float* pv, const uint8_t* pm,
     xc += CC * TT * 4;
   }
   nm_acc_store<V, R, TV, S>(acc, acc_io);
+}
+
+// The panel tile over the rows [g0, g1) of w (R at a time, g0 a panel's first
+// row; the last step may run past g1 inside the padded panel, its extra sums
+// landing in unused scratch), chunks [c0, c0 + nc), sums at acc (R·TT floats
+// a step). One call per row block and column block, so the step loop costs a
+// few integer ops instead of a call each. With `pf`, every step that starts a
+// panel prefetches the panel kNmPfPanels ahead in the walk (past g1: the
+// first panels of the block, chunks from c1), one chunk per chunk computed;
+// with `xnext`, each step prefetches its share (xshare bytes) of the next
+// token tile's x slice (xbytes), so it is in cache when its turn comes.
+template <class V, class P, int R, int TV, int S>
+__attribute__((noinline)) void nm_panel_run(const PackedNm& w, int64_t g0, int64_t g1, int64_t c0, int64_t c1,
+                                            const float* __restrict xc, float* __restrict acc, bool pf, int64_t pf_panels,
+                                            const char* xnext, int64_t xshare, int64_t xbytes) {
+  constexpr int PR = P::PR, B = P::B, TT = TV * V::W;
+  const int64_t chunks = w.kept / 8, nc = c1 - c0, nblk = nm_cdiv(g1 - g0, PR);
+  const float* vals = w.values.data() + c0 * (PR * 8);
+  const uint8_t* meta = w.meta.data() + c0 * (PR * B);
+  for (int64_t g = g0, pi = 0; g < g1; g += R, acc += R * TT, ++pi) {
+    const int64_t panel = g / PR, q = g % PR;
+    if (xnext)
+      for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
+    const char *pfv = nullptr, *pfm = nullptr;
+    if (pf && q == 0) {
+      int64_t pp = panel + pf_panels, pc0 = c0;
+      if (pp * PR >= g1) pp -= nblk, pc0 = c1;  // wraps to the block's start, next column block
+      if (pp * PR < g1 && pc0 < chunks) {
+        pfv = reinterpret_cast<const char*>(w.values.data() + pp * w.vstride + pc0 * (PR * 8));
+        pfm = reinterpret_cast<const char*>(w.meta.data() + pp * w.mstride + pc0 * (PR * B));
+      }
+    }
+    nm_panel_tile<V, P, R, TV, S>(vals + panel * w.vstride + q * 8, meta + panel * w.mstride + q * B, nc, xc, acc, c0 > 0,
+                                  pfv, pfm);
+  }
 }
 
 // dst[tile][k][TT] = src[tile·TT + t][k] (zero past m): token tiles transposed
@@ -644,44 +680,35 @@ struct NmDriver {
     bool panel_ok = true;
     if constexpr (P::kTuned) panel_ok = rbase % P::PR == 0;
     const int64_t n_panels = nm_cdiv(r1 - r0, R), xshare = nm_cdiv(nm_cdiv(xbytes, 64), n_panels) * 64;
+    if constexpr (P::kTuned) {
+      if (panel_ok) {
+        // The panel tiles of the whole row block in one call (prefetching W
+        // kNmPfPanels panels ahead in this task's walk when `first`, and the
+        // next tile's x slice a share per step), then the values past the
+        // last full chunk, if any (each row's chain stays in column order).
+        nm_panel_run<V, P, R, TV, S>(w, rbase + r0, rbase + r1, c0, c1, xs + c0 * P::CC * TT, acc_tile, first, kNmPfPanels,
+                                     xnext, xshare, xbytes);
+        if (last && kept > chunks * 8)
+          for (int64_t p = r0; p < r1; p += R) {
+            typename P::Row rr[R];
+            for (int i = 0; i < R; ++i) rr[i] = P::row(w, rbase + nm_min(p + i, r1 - 1));
+            nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc_tile + (p - r0) * TT, true);
+          }
+        return;
+      }
+    }
     for (int64_t p = r0, pi = 0; p < r1; p += R, ++pi) {
       typename P::Row rr[R];
       // A partial panel repeats its last row; the extra results land in unused scratch.
       for (int i = 0; i < R; ++i) rr[i] = P::row(w, rbase + nm_min(p + i, r1 - 1));
       // Generic patterns (and unaligned row bases): W rows two tiles ahead,
-      // prefetched in one go (the panel tile prefetches inside itself,
-      // below): W streams from memory once per block and the row-by-row
-      // jumps are too long for the hardware prefetcher.
-      if (!(P::kTuned && panel_ok) && first)
-        prefetch_rows<P>(w, rbase + p + 2 * R, rbase + nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
+      // prefetched in one go (the panel tile prefetches inside itself):
+      // W streams from memory once per block and the row-by-row jumps are
+      // too long for the hardware prefetcher.
+      if (first) prefetch_rows<P>(w, rbase + p + 2 * R, rbase + nm_min(p + 3 * R, r1), c0, last ? kept : c1 * 8);
       if (xnext)
         for (int64_t b = pi * xshare; b < (pi + 1) * xshare && b < xbytes; b += 64) __builtin_prefetch(xnext + b, 0, 2);
-      float* acc = acc_tile + (p - r0) * TT;
-      if constexpr (P::kTuned) {
-        if (panel_ok) {
-          const int64_t g = rbase + p, q = g % P::PR;
-          const float* pv = w.values.data() + (g / P::PR) * w.vstride + q * 8 + c0 * (P::PR * 8);
-          const uint8_t* pm = w.meta.data() + (g / P::PR) * w.mstride + q * P::B + c0 * (P::PR * P::B);
-          // The panel kNmPfPanels ahead in this task's walk (past the end of
-          // the row block: the first panels of the next column block), one
-          // chunk per chunk computed, on the first visit to a panel. Spread
-          // this way, the prefetches keep W streaming at a steady rate; in
-          // one burst per panel they left the tile waiting on memory.
-          const char *pfv = nullptr, *pfm = nullptr;
-          if (first && q == 0) {
-            int64_t pp = g / P::PR + kNmPfPanels, pc0 = c0;
-            if (pp * P::PR >= rbase + r1) pp -= nm_cdiv(r1 - r0, P::PR), pc0 = c1;  // wraps to row block start
-            if (pp * P::PR < rbase + r1 && pc0 < chunks) {
-              pfv = reinterpret_cast<const char*>(w.values.data() + pp * w.vstride + pc0 * (P::PR * 8));
-              pfm = reinterpret_cast<const char*>(w.meta.data() + pp * w.mstride + pc0 * (P::PR * P::B));
-            }
-          }
-          nm_panel_tile<V, P, R, TV, S>(pv, pm, c1 - c0, xs + c0 * P::CC * TT, acc, c0 > 0, pfv, pfm);
-          if (last && kept > chunks * 8) nm_tile<V, P, R, TV, 1>(rr, 0, 0, chunks * 8, kept, xs, acc, true);
-          continue;
-        }
-      }
-      nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc, c0 > 0);
+      nm_tile<V, P, R, TV, S>(rr, c0, c1, last ? chunks * 8 : 0, last ? kept : 0, xs, acc_tile + (p - r0) * TT, c0 > 0);
     }
   }
 
