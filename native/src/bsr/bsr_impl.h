@@ -132,28 +132,7 @@ void gather_panel(const float* const* rows, int64_t kc, float* __restrict dst) {
       for (int j = 0; j < 8; ++j) full = full && rows[j0 + j] != nullptr;
       if (!full) break;
       int64_t kk = 0;
-      for (; kk + 8 <= kc; kk += 8) {
-        __m256 r0 = _mm256_loadu_ps(rows[j0] + kk), r1 = _mm256_loadu_ps(rows[j0 + 1] + kk),
-               r2 = _mm256_loadu_ps(rows[j0 + 2] + kk), r3 = _mm256_loadu_ps(rows[j0 + 3] + kk),
-               r4 = _mm256_loadu_ps(rows[j0 + 4] + kk), r5 = _mm256_loadu_ps(rows[j0 + 5] + kk),
-               r6 = _mm256_loadu_ps(rows[j0 + 6] + kk), r7 = _mm256_loadu_ps(rows[j0 + 7] + kk);
-        __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1), u2 = _mm256_unpacklo_ps(r2, r3),
-               u3 = _mm256_unpackhi_ps(r2, r3), u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5),
-               u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
-        __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE),
-               v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xEE),
-               v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE),
-               v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
-        float* d = dst + kk * NR + j0;
-        _mm256_storeu_ps(d, _mm256_permute2f128_ps(v0, v4, 0x20));
-        _mm256_storeu_ps(d + NR, _mm256_permute2f128_ps(v1, v5, 0x20));
-        _mm256_storeu_ps(d + 2 * NR, _mm256_permute2f128_ps(v2, v6, 0x20));
-        _mm256_storeu_ps(d + 3 * NR, _mm256_permute2f128_ps(v3, v7, 0x20));
-        _mm256_storeu_ps(d + 4 * NR, _mm256_permute2f128_ps(v0, v4, 0x31));
-        _mm256_storeu_ps(d + 5 * NR, _mm256_permute2f128_ps(v1, v5, 0x31));
-        _mm256_storeu_ps(d + 6 * NR, _mm256_permute2f128_ps(v2, v6, 0x31));
-        _mm256_storeu_ps(d + 7 * NR, _mm256_permute2f128_ps(v3, v7, 0x31));
-      }
+      for (; kk + 8 <= kc; kk += 8) sk_transpose8x8_rows(rows + j0, kk, dst + kk * NR + j0, NR);
       for (; kk < kc; ++kk)
         for (int j = 0; j < 8; ++j) dst[kk * NR + j0 + j] = rows[j0 + j][kk];
     }

@@ -230,11 +230,12 @@ SK_INLINE F sk_verfc(F z) {
 // vector code on a padded copy, so a value's result never depends on where it
 // sits in the row (or on how a kernel split the row).
 #if defined(__AVX2__)
-// d[c·ldd + r] = s[r·lds + c] for an 8×8 tile, in registers.
-SK_INLINE void sk_transpose8x8(const float* __restrict s, int64_t lds, float* __restrict d, int64_t ldd) {
-  __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + lds), r2 = _mm256_loadu_ps(s + 2 * lds),
-         r3 = _mm256_loadu_ps(s + 3 * lds), r4 = _mm256_loadu_ps(s + 4 * lds), r5 = _mm256_loadu_ps(s + 5 * lds),
-         r6 = _mm256_loadu_ps(s + 6 * lds), r7 = _mm256_loadu_ps(s + 7 * lds);
+// d[c·ldd + r] = row[r][off + c] for an 8×8 tile, in registers (row: 8 row
+// pointers, any strides).
+SK_INLINE void sk_transpose8x8_rows(const float* const* row, int64_t off, float* __restrict d, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(row[0] + off), r1 = _mm256_loadu_ps(row[1] + off), r2 = _mm256_loadu_ps(row[2] + off),
+         r3 = _mm256_loadu_ps(row[3] + off), r4 = _mm256_loadu_ps(row[4] + off), r5 = _mm256_loadu_ps(row[5] + off),
+         r6 = _mm256_loadu_ps(row[6] + off), r7 = _mm256_loadu_ps(row[7] + off);
   __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1), u2 = _mm256_unpacklo_ps(r2, r3),
          u3 = _mm256_unpackhi_ps(r2, r3), u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5),
          u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
@@ -249,6 +250,11 @@ SK_INLINE void sk_transpose8x8(const float* __restrict s, int64_t lds, float* __
   _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(v1, v5, 0x31));
   _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(v2, v6, 0x31));
   _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(v3, v7, 0x31));
+}
+// d[c·ldd + r] = s[r·lds + c] for an 8×8 tile, in registers.
+SK_INLINE void sk_transpose8x8(const float* __restrict s, int64_t lds, float* __restrict d, int64_t ldd) {
+  const float* row[8] = {s, s + lds, s + 2 * lds, s + 3 * lds, s + 4 * lds, s + 5 * lds, s + 6 * lds, s + 7 * lds};
+  sk_transpose8x8_rows(row, 0, d, ldd);
 }
 #endif
 
