@@ -305,6 +305,10 @@ export class MoELayer {
     if (!(out instanceof Float32Array)) throw new TypeError('MoELayer.forward: options.out must be a Float32Array');
     const n = x.shape[0] * this.config.dModel;
     if (out.length !== n) err(`forward: options.out has ${out.length} floats, y needs ${n} (tokens × dModel)`);
+    // x is read again after y is written (shared experts), so they may not share memory.
+    const xd = x.data;
+    if (out.buffer === xd.buffer && out.byteOffset < xd.byteOffset + xd.byteLength && xd.byteOffset < out.byteOffset + out.byteLength)
+      err('forward: options.out overlaps x.data (the block reads x after it writes y)');
     return out;
   }
 

@@ -112,6 +112,10 @@ test('MoELayer: bad configs and inputs give named errors', async () => {
   assert.throws(() => layer.forward(x1, { out: new Float64Array(32) as never }), (e: unknown) => e instanceof TypeError && /options\.out must be a Float32Array/.test(String(e)));
   assert.throws(() => layer.forward(x1, { out: new Float32Array(31) }), /MoELayer: forward: options\.out has 31 floats, y needs 32/);
   assert.throws(() => layer.forward(x1, 5 as never), /options must be an object/);
+  assert.throws(() => layer.forward(x1, { out: x1.data }), /options\.out overlaps x\.data/);
+  const shared = new Float32Array(64);
+  assert.throws(() => layer.forward({ data: shared.subarray(0, 32), shape: [2, 16] }, { out: shared.subarray(16, 48) }), /overlaps/);
+  assert.doesNotThrow(() => layer.forward({ data: shared.subarray(0, 32), shape: [2, 16] }, { out: shared.subarray(32, 64) }));
   await assert.rejects(() => layer.forwardAsync(x1, { out: new Float32Array(33) }), RangeError);
   const base = { dModel: 4, dFF: 3, numExperts: 2, architecture: 'mixtral' as const };
   const good = {
