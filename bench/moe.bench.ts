@@ -33,9 +33,10 @@
  * down ±1/√ffn), packed by the MoELayer constructor and by ORT at session
  * creation; input x. Every contender writes into an output allocated ahead:
  * `forward(x, { out })` here, ORT's preallocated `Y` there. "sparsekit, new
- * y" is `forward(x)` allocating its result each call, shown beside them: on
- * this VM first-touch page faults of a fresh output cost ~10 µs per 4 KiB
- * (~5 ms for T = 512's 2 MiB), which the preallocated contenders never pay.
+ * y" is `forward(x)` allocating its result each call, shown beside them: a
+ * fresh output can pay first-touch page faults (on this VM ~10 µs per 4 KiB
+ * when the memory comes new from the kernel; V8 often reuses freed memory
+ * and it costs ~nothing), which the preallocated contenders never pay.
  *
  * GFLOP/s: the block's FLOPs, router 2·T·d·E + routed experts 2·T·k·3·d·ffn
  * (+ shared experts 2·T·3·d·sharedFF), for every contender. At T = 1, GB/s

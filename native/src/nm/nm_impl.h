@@ -760,22 +760,19 @@ struct NmDriver {
 
   // Writes one tile's sums (acc [r1 − r0][tt], as tile_block leaves them) for
   // its first tn tokens to y [tokens, ldy] at column r0: y = act(s + bias),
-  // or with `up` (the up product's sums, same layout) y = act(s) ⊙ up.
+  // or with `up` (the up product's sums, same layout) y = act(s) ⊙ up (acc is
+  // overwritten with it).
   static void store_tile(float* acc, const float* up, int64_t tn, int64_t tt, int64_t ldy, int64_t r0, int64_t r1,
                          const float* bias, Activation act, float* y) {
     const int64_t nr = r1 - r0;
     float* yt = y + r0;
-    if (up) {
-      // Gated: act(gate) ⊙ up element by element in the tile's layout (the
-      // padding tokens' sums are zero), then one transpose: ~1 % of the
-      // gated call over gating the transposed rows with the up sums
-      // transposed beside them.
-      sk_gate_row(acc, up, nr * tt, act);
-      sk_write_transposed(acc, tt, nr, tn, yt, ldy);
-      return;
-    }
+    // Gated: act(gate) ⊙ up element by element in the tile's layout (the
+    // padding tokens' sums are zero) before the one transpose: ~1 % of the
+    // gated call over gating the transposed rows with the up sums
+    // transposed beside them.
+    if (up) sk_gate_row(acc, up, nr * tt, act);
     sk_write_transposed(acc, tt, nr, tn, yt, ldy);
-    if (bias || act != Activation::kNone)
+    if (!up && (bias || act != Activation::kNone))
       for (int64_t t = 0; t < tn; ++t) sk_epilogue_row(yt + t * ldy, bias ? bias + r0 : nullptr, nr, act);
   }
 
