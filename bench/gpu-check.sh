@@ -20,8 +20,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
+# Logs go to $work; at the end they are packed into $out (the device tool
+# returns at most 8 files from $OUT): gpucheck.tar.xz, plus summary.txt and
+# bench.md to read directly.
 out=${OUT:-$repo/build-gpucheck}
-mkdir -p "$out"
+work=$repo/build-gpucheck/work
+rm -rf "$work"
+mkdir -p "$out" "$work"
 t0=$(date +%s)
 # Everything must end within 8 minutes on the device; GPU_CHECK_BUDGET (s)
 # lengthens it for a dry run on a slow machine without a GPU.
@@ -31,13 +36,18 @@ left() { local l=$((deadline - $(date +%s))); ((l > 10)) && echo $l || echo 10; 
 status=()
 record() { status+=("$(printf '%-34s %s' "$1" "$2")"); }
 summary() {
-  step "summary"
-  printf '%s\n' "${status[@]}"
-  if [[ -f "$out/bench.md" ]]; then
-    echo
-    cat "$out/bench.md"
-  fi
-  printf '\ntotal %ds; logs in %s\n' $(($(date +%s) - t0)) "$out"
+  {
+    step "summary"
+    printf '%s\n' "${status[@]}"
+    if [[ -f "$work/bench.md" ]]; then
+      echo
+      cat "$work/bench.md"
+    fi
+    printf '\ntotal %ds; logs in %s/gpucheck.tar.xz\n' $(($(date +%s) - t0)) "$out"
+  } | tee "$work/summary.txt"
+  cp "$work/summary.txt" "$out/summary.txt"
+  [[ -f "$work/bench.md" ]] && cp "$work/bench.md" "$out/bench.md"
+  tar -C "$work" -cJf "$out/gpucheck.tar.xz" . 2>/dev/null || true
 }
 trap summary EXIT
 failed() { printf '%s\n' "${status[@]}" | grep -q FAILED; }
@@ -73,76 +83,147 @@ if [[ ! -f build/Release/sparsekit.node ]]; then
 fi
 node --import tsx -e 'const sk = require("./lib/index.ts"); const i = sk.info(); console.log("addon", i.version, "isa", i.isa, "threads", i.threads)'
 
-step "build the plugin (nvcc) and check it"
+step "the plugin"
 plugin=$repo/build-cuda/libsparsekit_cuda.so
-if timeout "$(left)" node scripts/build-cuda-check.js --jobs "${JOBS:-16}" 2>&1 | tee "$out/build.log"; then
-  record "plugin build + load" "ok"
+if [[ -n "${GPU_CHECK_PLUGIN:-}" ]]; then
+  # A dry run of this script on a machine without a GPU: GPU_CHECK_PLUGIN = the host stand-in
+  # (test/fixtures/cuda_host_plugin.cc built as a shared library).
+  plugin=$GPU_CHECK_PLUGIN
+  record "plugin" "GPU_CHECK_PLUGIN=$plugin (dry run)"
+elif [[ -f $carry/libsparsekit_cuda.so.xz && "${GPU_CHECK_BUILD:-0}" != 1 ]]; then
+  # Built on the development machine (bench/gpu-check-prepare.sh): no device time on nvcc.
+  mkdir -p build-cuda
+  xz -dc "$carry/libsparsekit_cuda.so.xz" >"$plugin"
+  [[ -f $carry/ptxas.log ]] && cp "$carry/ptxas.log" build-cuda/ptxas.log
+  echo "carried plugin: $(du -h "$plugin" | cut -f1)"
+  if SPARSEKIT_CUDA_PLUGIN=$plugin node --import tsx -e 'const c = require("./lib/index.ts").info().backends.cuda; console.log(`backend: ${c.status}: ${c.reason}`); process.exit(c.available ? 0 : 3)' 2>&1 | tee "$work/build.log"; then
+    record "plugin (carried) loads" "ok"
+  else
+    record "plugin (carried) loads" "FAILED (see build.log)"
+    exit 1
+  fi
 else
-  record "plugin build + load" "FAILED (see build.log)"
-  exit 1
+  if timeout "$(left)" node scripts/build-cuda-check.js --jobs "${JOBS:-16}" 2>&1 | tee "$work/build.log"; then
+    record "plugin build + load" "ok"
+  else
+    record "plugin build + load" "FAILED (see build.log)"
+    exit 1
+  fi
+  if command -v nvidia-smi >/dev/null 2>&1 && ! grep -q '): available:' "$work/build.log"; then
+    # A GPU machine where the backend is not available: every CUDA test would only skip.
+    record "CUDA backend available" "FAILED: $(grep -o 'the addon loads it.*' "$work/build.log" || echo 'no load report')"
+    exit 1
+  fi
 fi
-[[ -f build-cuda/ptxas.log ]] && cp build-cuda/ptxas.log "$out/ptxas.log"
+[[ -f build-cuda/ptxas.log ]] && cp build-cuda/ptxas.log "$work/ptxas.log"
 export SPARSEKIT_CUDA_PLUGIN=$plugin
-if command -v nvidia-smi >/dev/null 2>&1 && ! grep -q '): available:' "$out/build.log"; then
-  # A GPU machine where the backend is not available: every CUDA test would only skip.
-  record "CUDA backend available" "FAILED: $(grep -o 'the addon loads it.*' "$out/build.log" || echo 'no load report')"
-  exit 1
+
+step "diagnostics per op group (scripts/cuda-diag.ts, one process each)"
+diag_bad=()
+# name:SPARSEKIT_CUDA_WGMMA (the mma.sync twins matter on Hopper, where wgmma is the default)
+for spec in linear:1 grouped:1 experts:1 nm:1 bsr:1 route:1 linear:0 grouped:0 experts:0; do
+  g=${spec%%:*}
+  w=${spec##*:}
+  name=$g$([[ $w == 0 ]] && echo '-mma' || true)
+  set +e
+  SPARSEKIT_CUDA_WGMMA=$w timeout 60 node --import tsx scripts/cuda-diag.ts "$g" >"$work/diag-$name.log" 2>&1
+  rc=$?
+  set -e
+  if [[ $rc == 0 ]]; then
+    record "diag $name" "ok ($(grep -c '^  ok' "$work/diag-$name.log") cases)"
+  else
+    record "diag $name" "FAILED rc $rc ($(grep -c '^  ok' "$work/diag-$name.log") ok, $(grep -c '^  \(WRONG\|ERROR\)' "$work/diag-$name.log") wrong)"
+    diag_bad+=("$spec")
+    grep -v '^  ok' "$work/diag-$name.log" | cut -c1-500 | head -30 || true
+  fi
+done
+# A CUDA error in a group: where did the kernel go out of bounds (or race)?
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  for spec in "${diag_bad[@]}"; do
+    g=${spec%%:*}
+    w=${spec##*:}
+    name=$g$([[ $w == 0 ]] && echo '-mma' || true)
+    grep -q 'ERROR' "$work/diag-$name.log" || continue
+    (($(left) > 240)) || break
+    step "compute-sanitizer memcheck: diag $name"
+    set +e
+    SPARSEKIT_CUDA_WGMMA=$w timeout 100 compute-sanitizer --tool memcheck --print-limit 20 node --import tsx scripts/cuda-diag.ts "$g" >"$work/memcheck-$name.log" 2>&1
+    set -e
+    grep -E '^========= (Invalid|Program hit|  at|    at| Address|Error)' "$work/memcheck-$name.log" | cut -c1-300 | head -24 || true
+  done
 fi
 
 step "tensor-core instructions in the machine code"
 if command -v cuobjdump >/dev/null 2>&1; then
-  cuobjdump --dump-sass "$plugin" >"$out/sass.txt" 2>&1 || true
+  cuobjdump --dump-sass "$plugin" >"$work/sass.txt" 2>&1 || true
   printf 'cuobjdump: %s HMMA (%s sparse .SP), %s HGMMA instructions in all kernels\n' \
-    "$(grep -c 'HMMA' "$out/sass.txt" || true)" "$(grep -c 'HMMA\.SP\|HMMA.*\.SP' "$out/sass.txt" || true)" "$(grep -c 'HGMMA' "$out/sass.txt" || true)"
-  xz -T0 -f "$out/sass.txt" || true
+    "$(grep -c 'HMMA' "$work/sass.txt" || true)" "$(grep -c 'HMMA\.SP\|HMMA.*\.SP' "$work/sass.txt" || true)" "$(grep -c 'HGMMA' "$work/sass.txt" || true)"
+  xz -T0 -f "$work/sass.txt" || true
 fi
-if timeout "$(left)" node scripts/sass-scan.js "$plugin" --ptxas build-cuda/ptxas.log --check >"$out/sass-scan.txt" 2>&1; then
+if timeout "$(left)" node scripts/sass-scan.js "$plugin" --ptxas build-cuda/ptxas.log --check >"$work/sass-scan.txt" 2>&1; then
   record "SASS scan (HMMA/HMMA.SP/HGMMA)" "ok"
 else
   record "SASS scan (HMMA/HMMA.SP/HGMMA)" "FAILED (see sass-scan.txt)"
 fi
-tail -3 "$out/sass-scan.txt"
+tail -3 "$work/sass-scan.txt"
 
 step "CUDA tests on the GPU"
 set +e
-SPARSEKIT_SKIP_STANDIN=1 timeout "$(left)" node --import tsx --test --test-concurrency=1 --test-reporter=spec \
-  test/cuda.test.ts test/cuda-plugin.test.ts >"$out/tests.log" 2>&1
+tl=$(left)
+((tl > 200)) && tl=200
+SPARSEKIT_SKIP_STANDIN=1 timeout "$tl" node --import tsx --test --test-concurrency=1 --test-reporter=spec \
+  test/cuda.test.ts test/cuda-plugin.test.ts >"$work/tests.log" 2>&1
 rc=$?
 set -e
-grep -E '^ *(✔|✖|﹣)|# (pass|fail|skipped|tests)|^ℹ' "$out/tests.log" | tail -60 || true
-pass=$(grep -E '^ℹ pass' "$out/tests.log" | awk '{print $3}' || true)
-fail=$(grep -E '^ℹ fail' "$out/tests.log" | awk '{print $3}' || true)
-skip=$(grep -E '^ℹ skipped' "$out/tests.log" | awk '{print $3}' || true)
+grep -E '^ *(✔|✖|﹣)|# (pass|fail|skipped|tests)|^ℹ' "$work/tests.log" | tail -60 || true
+pass=$(grep -E '^ℹ pass' "$work/tests.log" | awk '{print $3}' || true)
+fail=$(grep -E '^ℹ fail' "$work/tests.log" | awk '{print $3}' || true)
+skip=$(grep -E '^ℹ skipped' "$work/tests.log" | awk '{print $3}' || true)
 record "CUDA tests" "$([[ $rc == 0 ]] && echo ok || echo FAILED) (pass ${pass:-?}, fail ${fail:-?}, skipped ${skip:-?}; rc $rc)"
 if [[ $rc != 0 ]]; then
-  grep -B2 -A25 '✖' "$out/tests.log" | head -120 || true
+  grep -A12 '^✖\|^  ✖' "$work/tests.log" | cut -c1-400 | head -80 || true
+  # One failing test can leave the CUDA context broken for every later one:
+  # run each failing test alone to see which fail by themselves.
+  step "failing CUDA tests, each alone"
+  grep -oE '^✖ cuda: .* \([0-9.]+m?s\)$' "$work/tests.log" | sed -E 's/^✖ //; s/ \([0-9.]+m?s\)$//' | sort -u >"$work/failing.txt" || true
+  while IFS= read -r name; do
+    (($(left) > 150)) || { echo "no time left for more single reruns"; break; }
+    pat=$(printf '%s' "$name" | sed -e 's/[][\.*^$()+?{}|/]/\\&/g')
+    set +e
+    timeout 90 node --import tsx --test --test-reporter=spec --test-name-pattern="^${pat}\$" test/cuda.test.ts >"$work/single.log" 2>&1
+    r1=$?
+    set -e
+    cat "$work/single.log" >>"$work/tests-single.log"
+    echo "$([[ $r1 == 0 ]] && echo 'passes alone' || echo 'FAILS alone ')  $name"
+    [[ $r1 == 0 ]] || grep -m3 -E 'rel err|Error|error' "$work/single.log" | cut -c1-300
+  done <"$work/failing.txt"
 fi
 
 if [[ "${SANITIZE:-0}" == 1 ]] && command -v compute-sanitizer >/dev/null 2>&1; then
   step "compute-sanitizer memcheck (linear, experts, route)"
   set +e
   timeout "$(left)" compute-sanitizer --tool memcheck --error-exitcode 9 node --import tsx --test \
-    --test-name-pattern='linear f32|groupedGatedLinear bf16|route matches|nmLinear 2:4' test/cuda.test.ts >"$out/memcheck.log" 2>&1
+    --test-name-pattern='linear f32|groupedGatedLinear bf16|route matches|nmLinear 2:4' test/cuda.test.ts >"$work/memcheck.log" 2>&1
   rc=$?
   set -e
   record "compute-sanitizer memcheck" "$([[ $rc == 0 ]] && echo ok || echo "FAILED rc $rc")"
-  tail -20 "$out/memcheck.log"
+  tail -20 "$work/memcheck.log"
 fi
 
 if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   step "torch.matmul anchors"
-  if timeout "$(left)" python3 bench/torch_ref.py "$out/torch.json" --quick 2>&1 | tee "$out/torch.log"; then
+  if timeout "$(left)" python3 bench/torch_ref.py "$work/torch.json" --quick 2>&1 | tee "$work/torch.log"; then
     record "torch anchors" "ok"
   else
     record "torch anchors" "FAILED (see torch.log)"
   fi
   step "GPU benchmarks"
   set +e
-  BENCH_QUICK=1 BENCH_TORCH_JSON=$out/torch.json timeout "$(left)" node --import tsx bench/run.ts cuda --no-save >"$out/bench.md" 2>"$out/bench.err"
+  BENCH_QUICK=1 BENCH_TORCH_JSON=$work/torch.json timeout "$(left)" node --import tsx bench/run.ts cuda --no-save >"$work/bench.md" 2>"$work/bench.err"
   rc=$?
   set -e
-  tail -5 "$out/bench.err"
+  tail -5 "$work/bench.err"
   record "GPU benchmarks" "$([[ $rc == 0 ]] && echo ok || echo "FAILED rc $rc (see bench.err)")"
-  grep -E '^- (PASS|FAIL) ' "$out/bench.md" | sed 's/^- /target: /' || true
+  grep -E '^- (PASS|FAIL) ' "$work/bench.md" | sed 's/^- /target: /' || true
 fi
 if failed; then exit 1; fi

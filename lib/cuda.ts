@@ -362,7 +362,8 @@ export const cuda = {
 
   /**
    * Test and tuning switches of the plugin: `'wgmma'` (default on: Hopper
-   * warpgroup GEMMs where the GPU is sm_90; off: the mma.sync kernels).
+   * warpgroup GEMMs where the GPU is sm_90; off: the mma.sync kernels;
+   * `SPARSEKIT_CUDA_WGMMA=0` in the environment starts with it off).
    */
   setOption(name: 'wgmma', value: boolean | number): void {
     requireCuda('cuda.setOption');

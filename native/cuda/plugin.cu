@@ -2,6 +2,7 @@
 // conversion, options and error messages. The ops live in dense.cu,
 // experts.cu, bsr.cu, nm.cu and route.cu.
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <mutex>
@@ -17,7 +18,12 @@ thread_local std::string g_last_error;
 std::mutex g_props_mu;
 DeviceProps g_props;
 bool g_props_ready = false;
-bool g_wgmma_enabled = true;
+// SPARSEKIT_CUDA_WGMMA=0 starts with the Hopper wgmma kernels off (as cuda.setOption('wgmma', false)).
+bool wgmma_default() {
+  const char* v = std::getenv("SPARSEKIT_CUDA_WGMMA");
+  return !(v && strcmp(v, "0") == 0);
+}
+bool g_wgmma_enabled = wgmma_default();
 }  // namespace
 
 int fail(int code, const std::string& message) {
