@@ -120,13 +120,16 @@ export SPARSEKIT_CUDA_PLUGIN=$plugin
 
 step "diagnostics per op group (scripts/cuda-diag.ts, one process each)"
 diag_bad=()
-# name:SPARSEKIT_CUDA_WGMMA (the mma.sync twins matter on Hopper, where wgmma is the default)
-for spec in linear:1 grouped:1 experts:1 nm:1 bsr:1 route:1 linear:0 grouped:0 experts:0; do
+# name:v where v = 1 (defaults: TMA-fed wgmma on Hopper), 0 (SPARSEKIT_CUDA_WGMMA=0: mma.sync),
+# c (SPARSEKIT_CUDA_TMA=0: wgmma fed by cp.async); the variants matter on Hopper only.
+for spec in linear:1 grouped:1 experts:1 nm:1 bsr:1 route:1 linear:c grouped:c experts:c linear:0 grouped:0 experts:0; do
   g=${spec%%:*}
-  w=${spec##*:}
-  name=$g$([[ $w == 0 ]] && echo '-mma' || true)
+  v=${spec##*:}
+  w=$([[ $v == 0 ]] && echo 0 || echo 1)
+  tma=$([[ $v == c ]] && echo 0 || echo 1)
+  name=$g$([[ $v == 0 ]] && echo '-mma' || true)$([[ $v == c ]] && echo '-cpasync' || true)
   set +e
-  SPARSEKIT_CUDA_WGMMA=$w timeout 60 node --import tsx scripts/cuda-diag.ts "$g" >"$work/diag-$name.log" 2>&1
+  SPARSEKIT_CUDA_WGMMA=$w SPARSEKIT_CUDA_TMA=$tma timeout 60 node --import tsx scripts/cuda-diag.ts "$g" >"$work/diag-$name.log" 2>&1
   rc=$?
   set -e
   if [[ $rc == 0 ]]; then
@@ -141,13 +144,15 @@ done
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for spec in "${diag_bad[@]}"; do
     g=${spec%%:*}
-    w=${spec##*:}
-    name=$g$([[ $w == 0 ]] && echo '-mma' || true)
+    v=${spec##*:}
+    w=$([[ $v == 0 ]] && echo 0 || echo 1)
+    tma=$([[ $v == c ]] && echo 0 || echo 1)
+    name=$g$([[ $v == 0 ]] && echo '-mma' || true)$([[ $v == c ]] && echo '-cpasync' || true)
     grep -q 'ERROR' "$work/diag-$name.log" || continue
     (($(left) > 240)) || break
     step "compute-sanitizer memcheck: diag $name"
     set +e
-    SPARSEKIT_CUDA_WGMMA=$w timeout 100 compute-sanitizer --tool memcheck --print-limit 20 node --import tsx scripts/cuda-diag.ts "$g" >"$work/memcheck-$name.log" 2>&1
+    SPARSEKIT_CUDA_WGMMA=$w SPARSEKIT_CUDA_TMA=$tma timeout 100 compute-sanitizer --tool memcheck --print-limit 20 node --import tsx scripts/cuda-diag.ts "$g" >"$work/memcheck-$name.log" 2>&1
     set -e
     grep -E '^========= (Invalid|Program hit|  at|    at| Address|Error)' "$work/memcheck-$name.log" | cut -c1-300 | head -24 || true
   done

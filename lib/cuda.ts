@@ -362,10 +362,13 @@ export const cuda = {
 
   /**
    * Test and tuning switches of the plugin: `'wgmma'` (default on: Hopper
-   * warpgroup GEMMs where the GPU is sm_90; off: the mma.sync kernels;
-   * `SPARSEKIT_CUDA_WGMMA=0` in the environment starts with it off).
+   * warpgroup GEMMs where the GPU is sm_90; off: the mma.sync kernels) and
+   * `'tma'` (default on: those GEMMs load their tiles with the tensor memory
+   * accelerator from a producer warpgroup; off: with cp.async from the
+   * consumers). `SPARSEKIT_CUDA_WGMMA=0` / `SPARSEKIT_CUDA_TMA=0` in the
+   * environment start with that switch off.
    */
-  setOption(name: 'wgmma', value: boolean | number): void {
+  setOption(name: 'wgmma' | 'tma', value: boolean | number): void {
     requireCuda('cuda.setOption');
     native.cudaSetOption(name, value);
   },

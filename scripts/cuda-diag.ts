@@ -17,8 +17,8 @@
  * linear, grouped, nm, bsr, route, experts (each in its own process, so a
  * kernel that corrupts the CUDA context cannot hide the others' results);
  * with SPARSEKIT_CUDA_WGMMA=0 the linear / grouped / experts groups run the
- * mma.sync kernels on Hopper. bench/gpu-check.sh runs every group, those
- * three both ways. Exit code 1 when a case is wrong.
+ * mma.sync kernels on Hopper, with SPARSEKIT_CUDA_TMA=0 the wgmma kernels fed
+ * by cp.async. bench/gpu-check.sh runs every group, those three all three ways. Exit code 1 when a case is wrong.
  */
 import {
   BlockSparseMatrix,
@@ -47,8 +47,16 @@ const backend = info().backends.cuda;
 let failures = 0;
 // SPARSEKIT_CUDA_WGMMA=0 (read by the plugin) runs the mma.sync kernels on Hopper; the groups
 // that have wgmma kernels then skip their f32 cases, which the other run covers.
-const wgmma = process.env.SPARSEKIT_CUDA_WGMMA !== '0';
-const wgmmaTag = backend.device?.sm === 90 ? (wgmma ? ' (wgmma)' : ' (mma.sync, wgmma off)') : '';
+// SPARSEKIT_CUDA_TMA=0 feeds the wgmma kernels by cp.async instead of the tensor memory accelerator.
+const wgmma = process.env.SPARSEKIT_CUDA_WGMMA !== '0' && process.env.SPARSEKIT_CUDA_TMA !== '0';
+const wgmmaTag =
+  backend.device?.sm === 90
+    ? process.env.SPARSEKIT_CUDA_WGMMA === '0'
+      ? ' (mma.sync, wgmma off)'
+      : process.env.SPARSEKIT_CUDA_TMA === '0'
+        ? ' (wgmma, cp.async)'
+        : ' (wgmma, TMA)'
+    : '';
 
 function say(s: string) {
   process.stdout.write(s + '\n');

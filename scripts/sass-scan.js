@@ -253,10 +253,10 @@ rows.sort((a, b) => a.kernel.localeCompare(b.kernel) || a.arch.localeCompare(b.a
 // Expectations by kernel family.
 const problems = [];
 for (const r of rows) {
-  const tc = /mma_kernel|wg_|nm24_kernel/.test(r.kernel);
+  const tc = /mma_kernel|wg_|tma_|nm24_kernel/.test(r.kernel);
   if (/nm24_kernel/.test(r.kernel) && r.sp === 0) problems.push(`${r.arch} ${r.kernel}: no sparse HMMA`);
-  else if (/wg_/.test(r.kernel) && r.hgmma === 0) problems.push(`${r.arch} ${r.kernel}: no HGMMA`);
-  else if (tc && !/wg_/.test(r.kernel) && r.hmma + r.sp === 0) problems.push(`${r.arch} ${r.kernel}: no HMMA`);
+  else if (/wg_|tma_/.test(r.kernel) && r.hgmma === 0) problems.push(`${r.arch} ${r.kernel}: no HGMMA`);
+  else if (tc && !/wg_|tma_/.test(r.kernel) && r.hmma + r.sp === 0) problems.push(`${r.arch} ${r.kernel}: no HMMA`);
   if (!tc && r.hmma + r.sp + r.hgmma > 0) problems.push(`${r.arch} ${r.kernel}: tensor-core instructions in a CUDA-core kernel`);
   if ((r.spillStores || 0) + (r.spillLoads || 0) > 0) r.note = 'spills';
 }

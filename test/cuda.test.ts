@@ -216,50 +216,68 @@ function planCases(rng: Rng) {
 }
 const DIMS: [number, number][] = [[1, 1], [17, 5], [40, 33], [7, 64], [70, 19], [64, 128], [256, 192]];
 
-for (const gated of [false, true]) {
-  for (const dtype of ['f32', 'bf16'] as const) {
-    const name = gated ? 'groupedGatedLinear' : 'groupedLinear';
-    cudaTest(`${name} ${dtype} matches the CPU ${name} on test/experts.test.ts plans`, async () => {
-      const rng = new Rng(gated ? 71 : 70);
-      const acts: ActivationName[] = gated ? ['silu', 'gelu', 'gelu_tanh', 'relu'] : ['none', 'relu', 'silu', 'gelu'];
-      for (const [i, { label, plan }] of planCases(rng).entries()) {
-        const rows = plan.sortedSlots.length;
-        if (rows === 0) continue;
-        const [k, n] = i >= 9 ? DIMS[5 + (i % 2)] : DIMS[i % 5];
-        const E = plan.experts;
-        const round = dtype === 'bf16' ? roundBf16 : (a: Float32Array) => a;
-        const xs = rng.floats(rows * k);
-        const W = rng.floats(E * n * k, 1 / Math.sqrt(k));
-        const W3 = gated ? rng.floats(E * n * k, 1 / Math.sqrt(k)) : null;
-        const bias = !gated && i % 2 === 0 ? rng.floats(E * n) : null;
-        const act = acts[i % acts.length];
-        const ref = gated
-          ? groupedGatedLinear({ data: round(xs), shape: [rows, k] }, plan.expertOffsets,
-              prepackGatedExperts({ data: round(W), shape: [E, n, k] }, { data: round(W3!), shape: [E, n, k] }), { activation: act }).data
-          : groupedLinear({ data: round(xs), shape: [rows, k] }, plan.expertOffsets,
-              prepackExperts({ data: round(W), shape: [E, n, k] }, { bias: bias ? { data: bias, shape: [E, n] } : null }), { activation: act }).data;
-        const dxs = cuda.toDevice({ data: xs, shape: [rows, k] }, { dtype });
-        const dw = cuda.toDevice({ data: W, shape: [E, n, k] }, { dtype });
-        const dw3 = W3 ? cuda.toDevice({ data: W3, shape: [E, n, k] }, { dtype }) : null;
-        const db = bias ? cuda.toDevice({ data: bias, shape: [E, n] }) : null;
-        const dp = cuda.toDevicePlan(plan);
-        const y = gated
-          ? cuda.groupedGatedLinear(dxs, dp, dw, dw3!, { activation: act, outDtype: 'f32' })
-          : cuda.groupedLinear(dxs, dp, dw, { bias: db, activation: act, outDtype: 'f32' });
-        const ya = gated
-          ? await cuda.groupedGatedLinearAsync(dxs, dp, dw, dw3!, { activation: act, outDtype: 'f32' })
-          : await cuda.groupedLinearAsync(dxs, dp, dw, { bias: db, activation: act, outDtype: 'f32' });
-        using([dxs, dw, dp, y, ya, ...(dw3 ? [dw3] : []), ...(db ? [db] : [])], () => {
-          const got = host(y);
-          const err = relError(got, ref);
-          const tol = dtype === 'f32' ? F32_TOL : BF16_TOL;
-          assert.ok(err <= tol, `${name} ${dtype} ${label} in=${k} out=${n} ${act}: rel err ${err.toExponential(3)} on ${device}`);
-          assert.deepEqual(Array.from(host(ya)), Array.from(got), `${label}: async differs from sync`);
-        });
-      }
+async function groupedCheck(gated: boolean, dtype: 'f32' | 'bf16', tag = '') {
+  const name = gated ? 'groupedGatedLinear' : 'groupedLinear';
+  const rng = new Rng(gated ? 71 : 70);
+  const acts: ActivationName[] = gated ? ['silu', 'gelu', 'gelu_tanh', 'relu'] : ['none', 'relu', 'silu', 'gelu'];
+  for (const [i, { label, plan }] of planCases(rng).entries()) {
+    const rows = plan.sortedSlots.length;
+    if (rows === 0) continue;
+    const [k, n] = i >= 9 ? DIMS[5 + (i % 2)] : DIMS[i % 5];
+    const E = plan.experts;
+    const round = dtype === 'bf16' ? roundBf16 : (a: Float32Array) => a;
+    const xs = rng.floats(rows * k);
+    const W = rng.floats(E * n * k, 1 / Math.sqrt(k));
+    const W3 = gated ? rng.floats(E * n * k, 1 / Math.sqrt(k)) : null;
+    const bias = !gated && i % 2 === 0 ? rng.floats(E * n) : null;
+    const act = acts[i % acts.length];
+    const ref = gated
+      ? groupedGatedLinear({ data: round(xs), shape: [rows, k] }, plan.expertOffsets,
+          prepackGatedExperts({ data: round(W), shape: [E, n, k] }, { data: round(W3!), shape: [E, n, k] }), { activation: act }).data
+      : groupedLinear({ data: round(xs), shape: [rows, k] }, plan.expertOffsets,
+          prepackExperts({ data: round(W), shape: [E, n, k] }, { bias: bias ? { data: bias, shape: [E, n] } : null }), { activation: act }).data;
+    const dxs = cuda.toDevice({ data: xs, shape: [rows, k] }, { dtype });
+    const dw = cuda.toDevice({ data: W, shape: [E, n, k] }, { dtype });
+    const dw3 = W3 ? cuda.toDevice({ data: W3, shape: [E, n, k] }, { dtype }) : null;
+    const db = bias ? cuda.toDevice({ data: bias, shape: [E, n] }) : null;
+    const dp = cuda.toDevicePlan(plan);
+    const y = gated
+      ? cuda.groupedGatedLinear(dxs, dp, dw, dw3!, { activation: act, outDtype: 'f32' })
+      : cuda.groupedLinear(dxs, dp, dw, { bias: db, activation: act, outDtype: 'f32' });
+    const ya = gated
+      ? await cuda.groupedGatedLinearAsync(dxs, dp, dw, dw3!, { activation: act, outDtype: 'f32' })
+      : await cuda.groupedLinearAsync(dxs, dp, dw, { bias: db, activation: act, outDtype: 'f32' });
+    using([dxs, dw, dp, y, ya, ...(dw3 ? [dw3] : []), ...(db ? [db] : [])], () => {
+      const got = host(y);
+      const err = relError(got, ref);
+      const tol = dtype === 'f32' ? F32_TOL : BF16_TOL;
+      assert.ok(err <= tol, `${name}${tag} ${dtype} ${label} in=${k} out=${n} ${act}: rel err ${err.toExponential(3)} on ${device}`);
+      assert.deepEqual(Array.from(host(ya)), Array.from(got), `${label}: async differs from sync`);
     });
   }
 }
+
+for (const gated of [false, true]) {
+  for (const dtype of ['f32', 'bf16'] as const) {
+    const name = gated ? 'groupedGatedLinear' : 'groupedLinear';
+    cudaTest(`${name} ${dtype} matches the CPU ${name} on test/experts.test.ts plans`, () => groupedCheck(gated, dtype));
+  }
+}
+
+cudaTest('linear and grouped bf16 on the sm_90a kernels fed by cp.async instead of TMA (tma off)', async (t) => {
+  if (backend.device?.sm !== 90) {
+    t.skip(`the sm_90a kernels only run on sm_90; this device is sm_${backend.device?.sm}`);
+    return;
+  }
+  cuda.setOption('tma', false);
+  try {
+    await linearBf16Check('linear bf16 (cp.async wgmma)');
+    await groupedCheck(false, 'bf16', ' (cp.async wgmma)');
+    await groupedCheck(true, 'bf16', ' (cp.async wgmma)');
+  } finally {
+    cuda.setOption('tma', true);
+  }
+});
 
 cudaTest('permute and combine match the CPU ops (permute exact; combine rel ≤ 1e-6), f32 and bf16', async () => {
   const rng = new Rng(72);

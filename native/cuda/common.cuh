@@ -39,6 +39,8 @@ struct DeviceProps {
 const DeviceProps& device_props();
 // Whether the sm_90a warpgroup GEMM may be used (device is sm_90 and the option is on).
 bool use_wgmma();
+// The sm_90a kernels feed shared memory with the tensor memory accelerator (option "tma", default on).
+bool use_tma();
 
 // Temporary device memory for one call, freed in stream order at scope exit.
 class StreamBuffer {

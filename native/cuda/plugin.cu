@@ -18,12 +18,14 @@ thread_local std::string g_last_error;
 std::mutex g_props_mu;
 DeviceProps g_props;
 bool g_props_ready = false;
-// SPARSEKIT_CUDA_WGMMA=0 starts with the Hopper wgmma kernels off (as cuda.setOption('wgmma', false)).
-bool wgmma_default() {
-  const char* v = std::getenv("SPARSEKIT_CUDA_WGMMA");
+// SPARSEKIT_CUDA_WGMMA=0 / SPARSEKIT_CUDA_TMA=0 start with that option off
+// (as cuda.setOption('wgmma' | 'tma', false)).
+bool env_default_on(const char* name) {
+  const char* v = std::getenv(name);
   return !(v && strcmp(v, "0") == 0);
 }
-bool g_wgmma_enabled = wgmma_default();
+bool g_wgmma_enabled = env_default_on("SPARSEKIT_CUDA_WGMMA");
+bool g_tma_enabled = env_default_on("SPARSEKIT_CUDA_TMA");
 }  // namespace
 
 int fail(int code, const std::string& message) {
@@ -56,6 +58,7 @@ const DeviceProps& device_props() {
 }
 
 bool use_wgmma() { return g_wgmma_enabled && device_props().sm == 90; }
+bool use_tma() { return g_tma_enabled; }
 
 int allow_smem(const void* kernel, size_t smem) {
   static std::mutex mu;
@@ -191,6 +194,10 @@ SK_CUDA_API int sk_cuda_set_option(const char* name, int64_t value) {
   if (!name) return fail(SK_CUDA_EINVAL, "sk_cuda_set_option: null name");
   if (strcmp(name, "wgmma") == 0) {
     g_wgmma_enabled = value != 0;
+    return SK_CUDA_OK;
+  }
+  if (strcmp(name, "tma") == 0) {
+    g_tma_enabled = value != 0;
     return SK_CUDA_OK;
   }
   return fail(SK_CUDA_EINVAL, std::string("sk_cuda_set_option: unknown option '") + name + "'");

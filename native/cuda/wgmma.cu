@@ -20,6 +20,8 @@
 // cp.async writes are generic-proxy writes and wgmma reads through the async
 // proxy: each thread fences (fence.proxy.async) after its copies land and
 // before the barrier.
+#include <cuda.h>
+
 #include "common.cuh"
 #include "ops.h"
 #include "wgmma_ops.cuh"
@@ -140,9 +142,9 @@ __device__ __forceinline__ void wg_mainloop(const WgTile& t, unsigned char* smem
 // warp w of the warpgroup holds rows 16w … 16w+15; per 8-column slice j the
 // m16n8 accumulator layout (rows g, g + 8; columns 2q, 2q + 1).
 template <bool GATED, class F>
-__device__ __forceinline__ void wg_epilogue(const float (&acc0)[WgCfg<GATED>::ACC],
+__device__ __forceinline__ void wg_epilogue(int wg, const float (&acc0)[WgCfg<GATED>::ACC],
                                             const float (&acc1)[WgCfg<GATED>::ACC1], F&& f) {
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int row = wg * 64 + warp * 16 + (lane >> 2);
   const int colq = (lane & 3) * 2;
 #pragma unroll
@@ -201,7 +203,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float acc[128], unused[1];
   wg_mainloop<false>(t, smem, acc, unused);
   const int rows = t.a_rows;
-  wg_epilogue<false>(acc, unused, [&](int r, int c, float v0, float v1, float, float) {
+  wg_epilogue<false>(threadIdx.x >> 7, acc, unused, [&](int r, int c, float v0, float v1, float, float) {
     if (r < rows) wg_store(y, ydt, n, m0 + r, n0 + c, n, false, v0, v1, 0.f, 0.f, bias, act);
   });
 }
@@ -230,16 +232,231 @@ __global__ void __launch_bounds__(kThreads, 1)
   wg_mainloop<GATED>(t, smem, acc0, acc1);
   const int rows = t.a_rows;
   const float* eb = bias ? bias + e * n : nullptr;
-  wg_epilogue<GATED>(acc0, acc1, [&](int r, int c, float v0, float v1, float u0, float u1) {
+  wg_epilogue<GATED>(threadIdx.x >> 7, acc0, acc1, [&](int r, int c, float v0, float v1, float u0, float u1) {
     if (r < rows) wg_store(y, ydt, n, row0 + r, n0 + c, n, GATED, v0, v1, u0, u1, eb, act);
   });
+}
+
+// ---- TMA + warp-specialised variant ---------------------------------------------------
+//
+// CTA of three warpgroups: warpgroup 0 produces (one thread issues the bulk
+// tensor copies of each stage: A 128 × 64 and B 256 × 64, or gate 128 × 64 +
+// up 128 × 64, straight into the 128-byte-swizzled layout above, completing
+// on the stage's `full` mbarrier with its byte count); warpgroups 1 and 2
+// consume (64 rows each, the same wgmma as above) and release a stage on its
+// `empty` mbarrier (one arrival per consumer warp, after that warp's
+// wgmma.wait_group says the stage's wgmma finished). The copy engine does
+// the address arithmetic, zero-fills out-of-range rows and the K tail, and
+// the consumers never wait on their own loads. Same results as the cp.async
+// kernels: the same wgmma sequence in the same order per output.
+
+constexpr int kTmaThreads = 384, kTmaStages = 4, kConsumerWarps = 8, kRasterM = 8;
+
+template <bool GATED>
+struct TmaCfg : WgCfg<GATED> {
+  static constexpr size_t BAR_OFF = size_t(kTmaStages) * WgCfg<GATED>::STAGE_BYTES;
+  static constexpr size_t SMEM = BAR_OFF + 2 * kTmaStages * sizeof(uint64_t) + 1024;
+};
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// Box (64 columns from k0, rows from row0) of a 2-D tensor map into shared memory.
+__device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, int k0, int row0, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k0), "r"(row0), "r"(smem_addr(bar))
+      : "memory");
+}
+
+struct TmaTile {
+  int a_row;   // first row of the A box (x / xs)
+  int b_row;   // first row of the B box (W / gate / up stacks)
+  int64_t k;
+};
+
+// Sets up the barriers, runs the producer (warpgroup 0) or a consumer's K
+// loop; returns the consumer warpgroup (0 or 1), or -1 for the producer.
+template <bool GATED>
+__device__ __forceinline__ int tma_mainloop(const TmaTile& t, const CUtensorMap* ma, const CUtensorMap* mb,
+                                            const CUtensorMap* mb3, unsigned char* smem,
+                                            float (&acc0)[WgCfg<GATED>::ACC], float (&acc1)[WgCfg<GATED>::ACC1]) {
+  using Cfg = TmaCfg<GATED>;
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + Cfg::BAR_OFF);
+  uint64_t* empty = full + kTmaStages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kTmaStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], kConsumerWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  const int iters = static_cast<int>((t.k + kBK - 1) / kBK);
+  const int wg = threadIdx.x >> 7;
+  if (wg == 0) {
+    if (threadIdx.x == 0) {
+      for (int it = 0; it < iters; ++it) {
+        const int s = it % kTmaStages;
+        if (it >= kTmaStages) mbar_wait(&empty[s], ((it / kTmaStages) - 1) & 1);
+        unsigned char* base = smem + s * Cfg::STAGE_BYTES;
+        mbar_expect_tx(&full[s], Cfg::STAGE_BYTES);
+        const int k0 = it * kBK;
+        tma_load(base, ma, k0, t.a_row, &full[s]);
+        tma_load(base + Cfg::A_BYTES, mb, k0, t.b_row, &full[s]);
+        if (GATED) tma_load(base + Cfg::A_BYTES + 128 * 128, mb3, k0, t.b_row, &full[s]);
+      }
+    }
+    return -1;
+  }
+  const int cwg = wg - 1;
+#pragma unroll
+  for (int i = 0; i < Cfg::ACC; ++i) acc0[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < Cfg::ACC1; ++i) acc1[i] = 0.f;
+  for (int it = 0; it < iters; ++it) {
+    const int s = it % kTmaStages;
+    mbar_wait(&full[s], (it / kTmaStages) & 1);
+    unsigned char* base = smem + s * Cfg::STAGE_BYTES;
+    const unsigned char* a_tile = base + cwg * (64 * 128);
+    const unsigned char* b_tile = base + Cfg::A_BYTES;
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      const uint64_t da = make_desc(a_tile + kk * 32);
+      if constexpr (GATED) {
+        wgmma_m64n128k16(acc0, da, make_desc(b_tile + kk * 32));
+        wgmma_m64n128k16(acc1, da, make_desc(b_tile + 128 * 128 + kk * 32));
+      } else {
+        wgmma_m64n256k16(acc0, da, make_desc(b_tile + kk * 32));
+      }
+    }
+    wg_commit();
+    wg_wait<1>();
+    // This warp's share of the wgmma of iteration it − 1 is done: release that stage.
+    if (it > 0 && (threadIdx.x & 31) == 0) mbar_arrive(&empty[(it - 1) % kTmaStages]);
+  }
+  wg_wait<0>();
+  return cwg;
+}
+
+__global__ void __launch_bounds__(kTmaThreads, 1)
+    tma_linear_kernel(const __grid_constant__ CUtensorMap mx, const __grid_constant__ CUtensorMap mw,
+                      const float* __restrict__ bias, void* __restrict__ y, int ydt, int64_t m, int64_t n, int64_t k,
+                      int act) {
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = aligned_smem(smem_raw);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y) * 256;
+  float acc[128], unused[1];
+  const int cwg = tma_mainloop<false>(TmaTile{static_cast<int>(m0), static_cast<int>(n0), k}, &mx, &mw, nullptr, smem,
+                                      acc, unused);
+  if (cwg < 0) return;
+  const int64_t rows = min64(kBM, m - m0);
+  wg_epilogue<false>(cwg, acc, unused, [&](int r, int c, float v0, float v1, float, float) {
+    if (r < rows) wg_store(y, ydt, n, m0 + r, n0 + c, n, false, v0, v1, 0.f, 0.f, bias, act);
+  });
+}
+
+template <bool GATED>
+__global__ void __launch_bounds__(kTmaThreads, 1)
+    tma_grouped_kernel(const __grid_constant__ CUtensorMap mx, const __grid_constant__ CUtensorMap mw,
+                       const __grid_constant__ CUtensorMap mw3, const int32_t* __restrict__ offsets,
+                       const int32_t* __restrict__ tile_start, int64_t experts, int max_tiles,
+                       const float* __restrict__ bias, void* __restrict__ y, int ydt, int64_t n, int64_t k, int act) {
+  using Cfg = WgCfg<GATED>;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = aligned_smem(smem_raw);
+  // Grouped raster: runs of kRasterM row tiles × every column tile, row tile
+  // fastest, so the CTAs resident at once share a few x tiles and a few W
+  // column tiles in L2: each expert's weights come from memory about once
+  // per run of row tiles (Mixtral: 8 row tiles per expert; DeepSeek: ~5
+  // experts per run), and each x tile once.
+  const int n_tiles = static_cast<int>(ceil_div(n, Cfg::BN));
+  const int per_run = kRasterM * n_tiles;
+  const int run = blockIdx.x / per_run, in_run = blockIdx.x % per_run;
+  const int first = run * kRasterM;
+  const int len = min(kRasterM, max_tiles - first);
+  const int tile = first + in_run % len;
+  const int n_tile = in_run / len;
+  if (tile >= tile_start[experts]) return;
+  int e = 0;
+  for (int64_t base = 0; base < experts; base += kTmaThreads) {
+    const int64_t i = base + threadIdx.x;
+    e += __syncthreads_count(i < experts && tile_start[i + 1] <= tile);
+  }
+  const int64_t row0 = offsets[e] + static_cast<int64_t>(tile - tile_start[e]) * kBM;
+  const int64_t n0 = static_cast<int64_t>(n_tile) * Cfg::BN;
+  float acc0[Cfg::ACC], acc1[Cfg::ACC1];
+  const int cwg = tma_mainloop<GATED>(TmaTile{static_cast<int>(row0), static_cast<int>(e * n + n0), k}, &mx, &mw,
+                                      GATED ? &mw3 : nullptr, smem, acc0, acc1);
+  if (cwg < 0) return;
+  const int64_t rows = min64(kBM, offsets[e + 1] - row0);
+  const float* eb = bias ? bias + e * n : nullptr;
+  wg_epilogue<GATED>(cwg, acc0, acc1, [&](int r, int c, float v0, float v1, float u0, float u1) {
+    if (r < rows) wg_store(y, ydt, n, row0 + r, n0 + c, n, GATED, v0, v1, u0, u1, eb, act);
+  });
+}
+
+// ---- tensor maps (host) -----------------------------------------------------------------
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's cuTensorMapEncodeTiled (the runtime is static and the driver is
+// opened by it: ask the runtime for the entry point); null where unavailable.
+EncodeTiled encode_tiled() {
+  static EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    cudaGetLastError();
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+}
+
+// A row-major bf16 [rows, k] matrix read in boxes of 64 columns × box_rows rows,
+// 128-byte swizzled, zeros outside.
+bool make_map(CUtensorMap* map, const bf16* p, int64_t rows, int64_t k, int box_rows) {
+  EncodeTiled enc = encode_tiled();
+  if (!enc || (reinterpret_cast<uintptr_t>(p) & 15) != 0 || k % 8 != 0 || rows >= (int64_t(1) << 31) ||
+      k >= (int64_t(1) << 31))
+    return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * 2};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  return enc(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<bf16*>(p), dims, strides, box, elem,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 }  // namespace
 
 const char* wgmma_kernel_names() {
-  return "sm_90a bf16 linear/grouped: wgmma.mma_async m64n256k16 (gated: 2x m64n128k16), 2 consumer warpgroups, "
-         "128x256x64 tiles, 4-stage cp.async into 128B-swizzled shared memory";
+  return "sm_90a bf16 linear/grouped: wgmma.mma_async m64n256k16 (gated: 2x m64n128k16), 128x256x64 tiles in "
+         "128B-swizzled shared memory, 4 stages: TMA (cp.async.bulk.tensor) + mbarriers, 1 producer and 2 consumer "
+         "warpgroups (cuda.setOption('tma', false): the same tiles fed by cp.async from the 2 consumer warpgroups)";
 }
 
 bool wgmma_linear_supported(int64_t m, int64_t n, int64_t k) { return m >= 128 && n >= 128 && k % 8 == 0; }
@@ -247,6 +464,14 @@ bool wgmma_grouped_supported(int64_t n, int64_t k) { return n >= 64 && k % 8 == 
 
 int wgmma_linear(const bf16* x, const bf16* w, const float* bias, void* y, int ydt, int64_t m, int64_t n, int64_t k,
                  int act, cudaStream_t s) {
+  CUtensorMap mx, mw;
+  if (use_tma() && make_map(&mx, x, m, k, kBM) && make_map(&mw, w, n, k, 256)) {
+    using Cfg = TmaCfg<false>;
+    SKC_TRY(prepare(tma_linear_kernel, Cfg::SMEM));
+    dim3 grid(static_cast<unsigned>(ceil_div(m, kBM)), static_cast<unsigned>(ceil_div(n, 256)));
+    tma_linear_kernel<<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, bias, y, ydt, m, n, k, act);
+    return check_launch("tma_linear_kernel");
+  }
   using Cfg = WgCfg<false>;
   SKC_TRY(prepare(wg_linear_kernel, Cfg::SMEM));
   dim3 grid(static_cast<unsigned>(ceil_div(m, kBM)), static_cast<unsigned>(ceil_div(n, 256)));
@@ -257,7 +482,27 @@ int wgmma_linear(const bf16* x, const bf16* w, const float* bias, void* y, int y
 int wgmma_grouped(const bf16* xs, const int32_t* offsets, const int32_t* tile_start, int64_t experts, int64_t max_tiles,
                   const bf16* w, const bf16* w3, const float* bias, void* y, int ydt, int64_t rows, int64_t n,
                   int64_t k, int act, cudaStream_t s) {
-  (void)rows;
+  CUtensorMap mx, mw, mw3;
+  if (use_tma() && make_map(&mx, xs, rows, k, kBM) && make_map(&mw, w, experts * n, k, w3 ? 128 : 256) &&
+      (!w3 || make_map(&mw3, w3, experts * n, k, 128))) {
+    if (!w3) mw3 = mw;  // unused by the plain kernel
+    if (w3) {
+      using Cfg = TmaCfg<true>;
+      SKC_TRY(prepare(tma_grouped_kernel<true>, Cfg::SMEM));
+      const unsigned grid = static_cast<unsigned>(max_tiles * ceil_div(n, Cfg::BN));
+      tma_grouped_kernel<true><<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, mw3, offsets, tile_start, experts,
+                                                                    static_cast<int>(max_tiles), nullptr, y, ydt, n, k,
+                                                                    act);
+    } else {
+      using Cfg = TmaCfg<false>;
+      SKC_TRY(prepare(tma_grouped_kernel<false>, Cfg::SMEM));
+      const unsigned grid = static_cast<unsigned>(max_tiles * ceil_div(n, Cfg::BN));
+      tma_grouped_kernel<false><<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, mw3, offsets, tile_start, experts,
+                                                                     static_cast<int>(max_tiles), bias, y, ydt, n, k,
+                                                                     act);
+    }
+    return check_launch("tma_grouped_kernel");
+  }
   if (w3) {
     using Cfg = WgCfg<true>;
     SKC_TRY(prepare(wg_grouped_kernel<true>, Cfg::SMEM));
