@@ -16,7 +16,9 @@
 # Usage (device tool): command `bash bench/gpu-check.sh`, carry ["build-devcarry"],
 # timeout_s 600. Logs and JSON land in $OUT (or build-gpucheck/ elsewhere).
 # Env: SKIP_BENCH=1 (tests only), SANITIZE=1 (then compute-sanitizer memcheck
-# on the linear and experts tests; slow), JOBS=N, GPU_CHECK_BUDGET=seconds.
+# on test/cuda.test.ts; slow), PROFILE=1 (then scripts/cuda-profile.ts times and
+# Nsight Compute sections per kernel; NCU_LIMIT=s caps ncu), SKIP_SASS=1 (no
+# scripts/sass-scan.js: it compiles probe kernels, ~35 s), JOBS=N, GPU_CHECK_BUDGET=seconds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
@@ -165,12 +167,14 @@ if command -v cuobjdump >/dev/null 2>&1; then
     "$(grep -c 'HMMA' "$work/sass.txt" || true)" "$(grep -c 'HMMA\.SP\|HMMA.*\.SP' "$work/sass.txt" || true)" "$(grep -c 'HGMMA' "$work/sass.txt" || true)"
   xz -T0 -f "$work/sass.txt" || true
 fi
-if timeout "$(left)" node scripts/sass-scan.js "$plugin" --ptxas build-cuda/ptxas.log --check >"$work/sass-scan.txt" 2>&1; then
+if [[ "${SKIP_SASS:-0}" == 1 ]]; then
+  record "SASS scan (HMMA/HMMA.SP/HGMMA)" "skipped (SKIP_SASS=1; cuobjdump counts above)"
+elif timeout "$(left)" node scripts/sass-scan.js "$plugin" --ptxas build-cuda/ptxas.log --check >"$work/sass-scan.txt" 2>&1; then
   record "SASS scan (HMMA/HMMA.SP/HGMMA)" "ok"
 else
   record "SASS scan (HMMA/HMMA.SP/HGMMA)" "FAILED (see sass-scan.txt)"
 fi
-tail -3 "$work/sass-scan.txt"
+[[ -f "$work/sass-scan.txt" ]] && tail -3 "$work/sass-scan.txt"
 
 step "CUDA tests on the GPU"
 set +e
@@ -219,6 +223,26 @@ if [[ "${SKIP_BENCH:-0}" != 1 ]]; then
   tail -5 "$work/bench.err"
   record "GPU benchmarks" "$([[ $rc == 0 ]] && echo ok || echo "FAILED rc $rc (see bench.err)")"
   grep -E '^- (PASS|FAIL) ' "$work/bench.md" | sed 's/^- /target: /' || true
+fi
+if [[ "${PROFILE:-0}" == 1 ]]; then
+  # Tuning data: per-case times (variants included) and Nsight Compute sections per kernel.
+  step "per-case GPU times (scripts/cuda-profile.ts)"
+  set +e
+  timeout 60 node --import tsx scripts/cuda-profile.ts time 2>&1 | tee "$work/profile-times.txt"
+  set -e
+  if command -v ncu >/dev/null 2>&1 && (($(left) > 100)); then
+    step "Nsight Compute (ncu --clock-control none)"
+    tl=$(left)
+    ((tl > ${NCU_LIMIT:-120})) && tl=${NCU_LIMIT:-120}
+    set +e
+    timeout "$tl" ncu --clock-control none --kernel-name-base function \
+      --kernel-name 'regex:tma_|wg_|route_|permute|combine|bsr_linear_mma|nm24|tile_schedule' \
+      --section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
+      node --import tsx scripts/cuda-profile.ts once >"$work/ncu.txt" 2>&1
+    echo "ncu rc $?"
+    set -e
+    grep -E '^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Cache Throughput|Warp Cycles Per Issued|Registers Per|Achieved Occupancy' "$work/ncu.txt" | cut -c1-150 | head -150 || true
+  fi
 fi
 if [[ "${SANITIZE:-0}" == 1 ]] && command -v compute-sanitizer >/dev/null 2>&1; then
   # Out-of-bounds and misaligned accesses that do not crash (memcheck), on every CUDA test.

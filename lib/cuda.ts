@@ -366,9 +366,10 @@ export const cuda = {
    * `'tma'` (default on: those GEMMs load their tiles with the tensor memory
    * accelerator from a producer warpgroup; off: with cp.async from the
    * consumers). `SPARSEKIT_CUDA_WGMMA=0` / `SPARSEKIT_CUDA_TMA=0` in the
-   * environment start with that switch off.
+   * environment start with that switch off. `'raster'` (tuning, default 0):
+   * row tiles per raster run of the TMA linear kernel (0: all of them).
    */
-  setOption(name: 'wgmma' | 'tma', value: boolean | number): void {
+  setOption(name: 'wgmma' | 'tma' | 'raster', value: boolean | number): void {
     requireCuda('cuda.setOption');
     native.cudaSetOption(name, value);
   },

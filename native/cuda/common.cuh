@@ -41,6 +41,8 @@ const DeviceProps& device_props();
 bool use_wgmma();
 // The sm_90a kernels feed shared memory with the tensor memory accelerator (option "tma", default on).
 bool use_tma();
+// Tuning: row tiles per raster run of the TMA linear kernel (option "raster", 0 = all).
+int tma_raster();
 
 // Temporary device memory for one call, freed in stream order at scope exit.
 class StreamBuffer {

@@ -26,6 +26,7 @@ bool env_default_on(const char* name) {
 }
 bool g_wgmma_enabled = env_default_on("SPARSEKIT_CUDA_WGMMA");
 bool g_tma_enabled = env_default_on("SPARSEKIT_CUDA_TMA");
+int g_tma_raster = 0;  // tuning: row tiles per raster run of the TMA linear kernel (0: all)
 }  // namespace
 
 int fail(int code, const std::string& message) {
@@ -59,6 +60,7 @@ const DeviceProps& device_props() {
 
 bool use_wgmma() { return g_wgmma_enabled && device_props().sm == 90; }
 bool use_tma() { return g_tma_enabled; }
+int tma_raster() { return g_tma_raster; }
 
 int allow_smem(const void* kernel, size_t smem) {
   static std::mutex mu;
@@ -198,6 +200,11 @@ SK_CUDA_API int sk_cuda_set_option(const char* name, int64_t value) {
   }
   if (strcmp(name, "tma") == 0) {
     g_tma_enabled = value != 0;
+    return SK_CUDA_OK;
+  }
+  if (strcmp(name, "raster") == 0) {
+    if (value < 0 || value > 1 << 20) return fail(SK_CUDA_EINVAL, "sk_cuda_set_option: raster must be 0 … 2^20");
+    g_tma_raster = static_cast<int>(value);
     return SK_CUDA_OK;
   }
   return fail(SK_CUDA_EINVAL, std::string("sk_cuda_set_option: unknown option '") + name + "'");

@@ -360,10 +360,17 @@ __device__ __forceinline__ int tma_mainloop(const TmaTile& t, const CUtensorMap*
 __global__ void __launch_bounds__(kTmaThreads, 1)
     tma_linear_kernel(const __grid_constant__ CUtensorMap mx, const __grid_constant__ CUtensorMap mw,
                       const float* __restrict__ bias, void* __restrict__ y, int ydt, int64_t m, int64_t n, int64_t k,
-                      int act) {
+                      int act, int run_m) {
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = aligned_smem(smem_raw);
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y) * 256;
+  // Runs of `run_m` row tiles × every column tile, row tile fastest (run_m =
+  // all row tiles: one column tile after another).
+  const int m_tiles = static_cast<int>(ceil_div(m, kBM)), n_tiles = static_cast<int>(ceil_div(n, 256));
+  const int per_run = run_m * n_tiles;
+  const int run = blockIdx.x / per_run, in_run = blockIdx.x % per_run;
+  const int len = min(run_m, m_tiles - run * run_m);
+  const int64_t m0 = static_cast<int64_t>(run * run_m + in_run % len) * kBM;
+  const int64_t n0 = static_cast<int64_t>(in_run / len) * 256;
   float acc[128], unused[1];
   const int cwg = tma_mainloop<false>(TmaTile{static_cast<int>(m0), static_cast<int>(n0), k}, &mx, &mw, nullptr, smem,
                                       acc, unused);
@@ -468,8 +475,10 @@ int wgmma_linear(const bf16* x, const bf16* w, const float* bias, void* y, int y
   if (use_tma() && make_map(&mx, x, m, k, kBM) && make_map(&mw, w, n, k, 256)) {
     using Cfg = TmaCfg<false>;
     SKC_TRY(prepare(tma_linear_kernel, Cfg::SMEM));
-    dim3 grid(static_cast<unsigned>(ceil_div(m, kBM)), static_cast<unsigned>(ceil_div(n, 256)));
-    tma_linear_kernel<<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, bias, y, ydt, m, n, k, act);
+    const int m_tiles = static_cast<int>(ceil_div(m, kBM));
+    const int run_m = tma_raster() > 0 ? static_cast<int>(min64(tma_raster(), m_tiles)) : m_tiles;
+    const unsigned grid = static_cast<unsigned>(m_tiles * ceil_div(n, 256));
+    tma_linear_kernel<<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, bias, y, ydt, m, n, k, act, run_m);
     return check_launch("tma_linear_kernel");
   }
   using Cfg = WgCfg<false>;
