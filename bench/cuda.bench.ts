@@ -107,6 +107,12 @@ async function run(ctx: SuiteContext): Promise<void> {
         else ctx.note(`linear ${name}: ${frac.toFixed(2)} of torch.matmul`);
       }
       if (m === 4096 && backend.device?.sm === 90) {
+        cuda.setOption('epilogue', true);
+        try {
+          await ctx.case({ ...spec, name: `${name} bf16 (specialised epilogue, not yet the default)` });
+        } finally {
+          cuda.setOption('epilogue', false);
+        }
         cuda.setOption('tma', false);
         try {
           await ctx.case({ ...spec, name: `${name} bf16 (wgmma fed by cp.async, tma off)` });

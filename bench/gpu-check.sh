@@ -123,15 +123,17 @@ export SPARSEKIT_CUDA_PLUGIN=$plugin
 step "diagnostics per op group (scripts/cuda-diag.ts, one process each)"
 diag_bad=()
 # name:v where v = 1 (defaults: TMA-fed wgmma on Hopper), 0 (SPARSEKIT_CUDA_WGMMA=0: mma.sync),
-# c (SPARSEKIT_CUDA_TMA=0: wgmma fed by cp.async); the variants matter on Hopper only.
-for spec in linear:1 grouped:1 experts:1 nm:1 bsr:1 route:1 linear:c grouped:c experts:c linear:0 grouped:0 experts:0; do
+# c (SPARSEKIT_CUDA_TMA=0: wgmma fed by cp.async), e (SPARSEKIT_CUDA_EPILOGUE=1: the TMA kernels'
+# specialised epilogue); the variants matter on Hopper only.
+for spec in linear:1 grouped:1 experts:1 nm:1 bsr:1 route:1 linear:e grouped:e experts:e linear:c grouped:c experts:c linear:0 grouped:0 experts:0; do
   g=${spec%%:*}
   v=${spec##*:}
   w=$([[ $v == 0 ]] && echo 0 || echo 1)
   tma=$([[ $v == c ]] && echo 0 || echo 1)
-  name=$g$([[ $v == 0 ]] && echo '-mma' || true)$([[ $v == c ]] && echo '-cpasync' || true)
+  epi=$([[ $v == e ]] && echo 1 || echo 0)
+  name=$g$([[ $v == 0 ]] && echo '-mma' || true)$([[ $v == c ]] && echo '-cpasync' || true)$([[ $v == e ]] && echo '-epilogue' || true)
   set +e
-  SPARSEKIT_CUDA_WGMMA=$w SPARSEKIT_CUDA_TMA=$tma timeout 60 node --import tsx scripts/cuda-diag.ts "$g" >"$work/diag-$name.log" 2>&1
+  SPARSEKIT_CUDA_WGMMA=$w SPARSEKIT_CUDA_TMA=$tma SPARSEKIT_CUDA_EPILOGUE=$epi timeout 60 node --import tsx scripts/cuda-diag.ts "$g" >"$work/diag-$name.log" 2>&1
   rc=$?
   set -e
   if [[ $rc == 0 ]]; then
@@ -149,12 +151,13 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     v=${spec##*:}
     w=$([[ $v == 0 ]] && echo 0 || echo 1)
     tma=$([[ $v == c ]] && echo 0 || echo 1)
-    name=$g$([[ $v == 0 ]] && echo '-mma' || true)$([[ $v == c ]] && echo '-cpasync' || true)
+    epi=$([[ $v == e ]] && echo 1 || echo 0)
+    name=$g$([[ $v == 0 ]] && echo '-mma' || true)$([[ $v == c ]] && echo '-cpasync' || true)$([[ $v == e ]] && echo '-epilogue' || true)
     grep -q 'ERROR' "$work/diag-$name.log" || continue
     (($(left) > 240)) || break
     step "compute-sanitizer memcheck: diag $name"
     set +e
-    SPARSEKIT_CUDA_WGMMA=$w SPARSEKIT_CUDA_TMA=$tma timeout 100 compute-sanitizer --tool memcheck --print-limit 20 node --import tsx scripts/cuda-diag.ts "$g" >"$work/memcheck-$name.log" 2>&1
+    SPARSEKIT_CUDA_WGMMA=$w SPARSEKIT_CUDA_TMA=$tma SPARSEKIT_CUDA_EPILOGUE=$epi timeout 100 compute-sanitizer --tool memcheck --print-limit 20 node --import tsx scripts/cuda-diag.ts "$g" >"$work/memcheck-$name.log" 2>&1
     set -e
     grep -E '^========= (Invalid|Program hit|  at|    at| Address|Error)' "$work/memcheck-$name.log" | cut -c1-300 | head -24 || true
   done

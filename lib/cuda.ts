@@ -368,8 +368,11 @@ export const cuda = {
    * consumers). `SPARSEKIT_CUDA_WGMMA=0` / `SPARSEKIT_CUDA_TMA=0` in the
    * environment start with that switch off. `'raster'` (tuning, default 0):
    * row tiles per raster run of the TMA linear kernel (0: all of them).
+   * `'epilogue'` (default off; `SPARSEKIT_CUDA_EPILOGUE=1` starts with it on):
+   * the TMA kernels' output stage compiled per output type / activation / bias
+   * instead of deciding them per element (not yet checked on a GPU).
    */
-  setOption(name: 'wgmma' | 'tma' | 'raster', value: boolean | number): void {
+  setOption(name: 'wgmma' | 'tma' | 'raster' | 'epilogue', value: boolean | number): void {
     requireCuda('cuda.setOption');
     native.cudaSetOption(name, value);
   },

@@ -18,7 +18,9 @@
  * kernel that corrupts the CUDA context cannot hide the others' results);
  * with SPARSEKIT_CUDA_WGMMA=0 the linear / grouped / experts groups run the
  * mma.sync kernels on Hopper, with SPARSEKIT_CUDA_TMA=0 the wgmma kernels fed
- * by cp.async. bench/gpu-check.sh runs every group, those three all three ways. Exit code 1 when a case is wrong.
+ * by cp.async, with SPARSEKIT_CUDA_EPILOGUE=1 the TMA kernels' specialised
+ * epilogue (their f32 cases run once, in the default run). bench/gpu-check.sh
+ * runs every group, those three all four ways. Exit code 1 when a case is wrong.
  */
 import {
   BlockSparseMatrix,
@@ -48,14 +50,18 @@ let failures = 0;
 // SPARSEKIT_CUDA_WGMMA=0 (read by the plugin) runs the mma.sync kernels on Hopper; the groups
 // that have wgmma kernels then skip their f32 cases, which the other run covers.
 // SPARSEKIT_CUDA_TMA=0 feeds the wgmma kernels by cp.async instead of the tensor memory accelerator.
-const wgmma = process.env.SPARSEKIT_CUDA_WGMMA !== '0' && process.env.SPARSEKIT_CUDA_TMA !== '0';
+// SPARSEKIT_CUDA_EPILOGUE=1 runs the TMA kernels' epilogue compiled per output type / activation / bias.
+const lean = process.env.SPARSEKIT_CUDA_EPILOGUE === '1';
+const wgmma = process.env.SPARSEKIT_CUDA_WGMMA !== '0' && process.env.SPARSEKIT_CUDA_TMA !== '0' && !lean;
 const wgmmaTag =
   backend.device?.sm === 90
     ? process.env.SPARSEKIT_CUDA_WGMMA === '0'
       ? ' (mma.sync, wgmma off)'
       : process.env.SPARSEKIT_CUDA_TMA === '0'
         ? ' (wgmma, cp.async)'
-        : ' (wgmma, TMA)'
+        : lean
+          ? ' (wgmma, TMA, specialised epilogue)'
+          : ' (wgmma, TMA)'
     : '';
 
 function say(s: string) {

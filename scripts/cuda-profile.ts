@@ -49,6 +49,13 @@ async function main() {
         op: () => cuda.linear(x, W),
       });
     }
+    cases.push({
+      name: `linear ${n}³ TMA specialised epilogue`,
+      flops: 2 * n * n * n,
+      setup: () => cuda.setOption('epilogue', true),
+      teardown: () => cuda.setOption('epilogue', false),
+      op: () => cuda.linear(x, W),
+    });
     if (!big)
       cases.push({
         name: `linear ${n}³ cp.async wgmma`,
@@ -83,12 +90,15 @@ async function main() {
     const up = rnd([E, ffn, d], 14, 1 / 64);
     const down = rnd([E, d, ffn], 15, 1 / 64);
     const plan = keep(cuda.route(logits, { k, renormalize: true }));
-    for (const tma of [true, false]) {
+    for (const [tag, opt, value] of [['', 'tma', true], [' cp.async wgmma', 'tma', false], [' specialised epilogue', 'epilogue', true]] as const) {
       cases.push({
-        name: `${label} T=${T}${tma ? '' : ' cp.async wgmma'}`,
+        name: `${label} T=${T}${tag}`,
         flops: 2 * T * k * d * ffn * 3,
-        setup: () => cuda.setOption('tma', tma),
-        teardown: () => cuda.setOption('tma', true),
+        setup: () => cuda.setOption(opt, value),
+        teardown: () => {
+          cuda.setOption('tma', true);
+          cuda.setOption('epilogue', false);
+        },
         op: () => cuda.expertsForward(x, plan, { gate, up, down }),
       });
     }

@@ -260,6 +260,11 @@ for (const r of rows) {
   if (!tc && r.hmma + r.sp + r.hgmma > 0) problems.push(`${r.arch} ${r.kernel}: tensor-core instructions in a CUDA-core kernel`);
   if ((r.spillStores || 0) + (r.spillLoads || 0) > 0) r.note = 'spills';
 }
+// Kernels that must be there: a check that finds none of a family passes nothing (a
+// compressed fatbin, for one, hides its cubins from this scan).
+for (const [family, re] of [['sm_90a TMA GEMMs', /tma_linear_kernel/], ['sm_90a cp.async wgmma GEMMs', /wg_linear_kernel/], ['mma.sync linear', /linear_mma_kernel/], ['2:4 sparse', /nm24_kernel/], ['route', /route_select/]]) {
+  if (!rows.some((r) => re.test(r.kernel))) problems.push(`no ${family} kernel (${re.source}) found in the library's cubins`);
+}
 
 const md = flag('--markdown');
 console.log(md ? `<!-- ${note} -->` : `sass-scan: ${note}`);

@@ -264,6 +264,21 @@ for (const gated of [false, true]) {
   }
 }
 
+cudaTest('linear and grouped bf16 on the TMA kernels with the epilogue specialised per output type / activation / bias (epilogue on)', async (t) => {
+  if (backend.device?.sm !== 90) {
+    t.skip(`the sm_90a kernels only run on sm_90; this device is sm_${backend.device?.sm}`);
+    return;
+  }
+  cuda.setOption('epilogue', true);
+  try {
+    await linearBf16Check('linear bf16 (specialised epilogue)');
+    await groupedCheck(false, 'bf16', ' (specialised epilogue)');
+    await groupedCheck(true, 'bf16', ' (specialised epilogue)');
+  } finally {
+    cuda.setOption('epilogue', false);
+  }
+});
+
 cudaTest('linear and grouped bf16 on the sm_90a kernels fed by cp.async instead of TMA (tma off)', async (t) => {
   if (backend.device?.sm !== 90) {
     t.skip(`the sm_90a kernels only run on sm_90; this device is sm_${backend.device?.sm}`);

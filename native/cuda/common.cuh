@@ -43,6 +43,8 @@ bool use_wgmma();
 bool use_tma();
 // Tuning: row tiles per raster run of the TMA linear kernel (option "raster", 0 = all).
 int tma_raster();
+// The TMA kernels' epilogue specialised per output type / activation / bias (option "epilogue").
+bool tma_lean_epilogue();
 
 // Temporary device memory for one call, freed in stream order at scope exit.
 class StreamBuffer {

@@ -294,7 +294,10 @@ SK_CUDA_API int sk_cuda_grouped_linear(sk_dtype dt, const void* xs, const int32_
     auto x = static_cast<const bf16*>(xs);
     auto wb = static_cast<const bf16*>(w);
     auto w3b = static_cast<const bf16*>(w3);
-    if (use_wgmma() && wgmma_grouped_supported(n, k) && (reinterpret_cast<uintptr_t>(x) & 15) == 0)
+    // The sm_90a kernels read x and both weight stacks 16 bytes at a time.
+    const bool aligned = ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(wb) |
+                           reinterpret_cast<uintptr_t>(w3b)) & 15) == 0;
+    if (use_wgmma() && wgmma_grouped_supported(n, k) && aligned)
       return run_grouped_wgmma_bf16(x, offsets, wb, w3b, y, g, st);
     return grouped_bf16(x, offsets, wb, w3b, y, g, st);
   }

@@ -256,6 +256,9 @@ int launch_nm24(const bf16* x, const bf16* values, const uint32_t* meta, const f
 // streaming W, 6 stages in flight); larger ones 128 × 128 with 64 × 64 warp tiles.
 using Sp24Small = SpCfg<32, 16, 2, 1, 6>;
 using Sp24Large = SpCfg<128, 128, 2, 2, 4>;
+// GPUs whose blocks may opt in to less shared memory than Sp24Large's 100 KB
+// (sm_86, sm_89, sm_120: 99 KB) run the same tile 3 stages deep.
+using Sp24Large3 = SpCfg<128, 128, 2, 2, 3>;
 
 }  // namespace
 
@@ -285,6 +288,7 @@ SK_CUDA_API int sk_cuda_nm24_linear(const void* x, const void* values, const uin
   auto vb = static_cast<const bf16*>(values);
   auto mw = reinterpret_cast<const uint32_t*>(meta);
   if (m <= 64) return launch_nm24<Sp24Small>(xb, vb, mw, bias, y, ydt, m, n, k, act, st);
+  if (device_props().smem_optin < Sp24Large::SMEM) return launch_nm24<Sp24Large3>(xb, vb, mw, bias, y, ydt, m, n, k, act, st);
   return launch_nm24<Sp24Large>(xb, vb, mw, bias, y, ydt, m, n, k, act, st);
 }
 

@@ -27,6 +27,12 @@ bool env_default_on(const char* name) {
 bool g_wgmma_enabled = env_default_on("SPARSEKIT_CUDA_WGMMA");
 bool g_tma_enabled = env_default_on("SPARSEKIT_CUDA_TMA");
 int g_tma_raster = 0;  // tuning: row tiles per raster run of the TMA linear kernel (0: all)
+// The TMA kernels' epilogue compiled per (output type, activation, bias): off
+// until a GPU run has checked it (SPARSEKIT_CUDA_EPILOGUE=1 or option "epilogue").
+bool g_tma_lean = [] {
+  const char* v = std::getenv("SPARSEKIT_CUDA_EPILOGUE");
+  return v && strcmp(v, "1") == 0;
+}();
 }  // namespace
 
 int fail(int code, const std::string& message) {
@@ -61,6 +67,7 @@ const DeviceProps& device_props() {
 bool use_wgmma() { return g_wgmma_enabled && device_props().sm == 90; }
 bool use_tma() { return g_tma_enabled; }
 int tma_raster() { return g_tma_raster; }
+bool tma_lean_epilogue() { return g_tma_lean; }
 
 int allow_smem(const void* kernel, size_t smem) {
   static std::mutex mu;
@@ -200,6 +207,10 @@ SK_CUDA_API int sk_cuda_set_option(const char* name, int64_t value) {
   }
   if (strcmp(name, "tma") == 0) {
     g_tma_enabled = value != 0;
+    return SK_CUDA_OK;
+  }
+  if (strcmp(name, "epilogue") == 0) {
+    g_tma_lean = value != 0;
     return SK_CUDA_OK;
   }
   if (strcmp(name, "raster") == 0) {

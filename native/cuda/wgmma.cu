@@ -188,6 +188,72 @@ __device__ __forceinline__ void wg_store(void* y, int ydt, int64_t ldy, int64_t 
   if (col + 1 < cols) one(idx + 1, wg_finish(gated, v1, u1, bias, col + 1, act));
 }
 
+// The epilogue compiled for one (output type, activation, bias) combination:
+// wg_store decides those per element at run time, which makes the epilogue
+// ~23k instructions of branches (it misses the instruction cache, and ncu on
+// the H200 showed warps waiting for instructions half the time in the TMA
+// linear kernel); this one is straight-line code, the same arithmetic.
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+template <int V>
+struct IntTag {
+  static constexpr int value = V;
+};
+
+// Calls f(TypeTag<output type>, IntTag<activation>, IntTag<has bias>) once
+// (has bias always 0 without BIAS_VARIANTS: gated experts take no bias).
+template <bool BIAS_VARIANTS, class F>
+__device__ __forceinline__ void epilogue_variant(int ydt, int act, bool has_bias, F&& f) {
+  auto with_bias = [&](auto yt, auto at) {
+    if (BIAS_VARIANTS && has_bias)
+      f(yt, at, IntTag<1>{});
+    else
+      f(yt, at, IntTag<0>{});
+  };
+  auto with_act = [&](auto yt) {
+    switch (act) {
+      case SK_ACT_RELU: with_bias(yt, IntTag<SK_ACT_RELU>{}); break;
+      case SK_ACT_GELU: with_bias(yt, IntTag<SK_ACT_GELU>{}); break;
+      case SK_ACT_GELU_TANH: with_bias(yt, IntTag<SK_ACT_GELU_TANH>{}); break;
+      case SK_ACT_SILU: with_bias(yt, IntTag<SK_ACT_SILU>{}); break;
+      default: with_bias(yt, IntTag<SK_ACT_NONE>{}); break;
+    }
+  };
+  if (ydt == SK_F32)
+    with_act(TypeTag<float>{});
+  else
+    with_act(TypeTag<bf16>{});
+}
+
+template <bool GATED, class YT, int ACT, bool BIAS>
+__device__ __forceinline__ void wg_store_lean(YT* y, int64_t ldy, int64_t row, int64_t col, int64_t cols, float v0,
+                                              float v1, float u0, float u1, const float* bias) {
+  if (col >= cols) return;
+  auto fin = [&](float v, float u, int64_t c) -> float {
+    if constexpr (GATED) {
+      return activate(v, ACT) * u;
+    } else {
+      if constexpr (BIAS) v += bias[c];
+      return activate(v, ACT);
+    }
+  };
+  const int64_t idx = row * ldy + col;
+  const float a = fin(v0, u0, col);
+  if (col + 1 < cols) {
+    const float b = fin(v1, u1, col + 1);
+    if ((idx & 1) == 0) {
+      store2(y, idx, a, b);
+    } else {
+      y[idx] = from_float<YT>(a);
+      y[idx + 1] = from_float<YT>(b);
+    }
+  } else {
+    y[idx] = from_float<YT>(a);
+  }
+}
+
 __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
   return reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~static_cast<uintptr_t>(1023));
 }
@@ -360,7 +426,7 @@ __device__ __forceinline__ int tma_mainloop(const TmaTile& t, const CUtensorMap*
 __global__ void __launch_bounds__(kTmaThreads, 1)
     tma_linear_kernel(const __grid_constant__ CUtensorMap mx, const __grid_constant__ CUtensorMap mw,
                       const float* __restrict__ bias, void* __restrict__ y, int ydt, int64_t m, int64_t n, int64_t k,
-                      int act, int run_m) {
+                      int act, int run_m, int lean) {
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = aligned_smem(smem_raw);
   // Runs of `run_m` row tiles × every column tile, row tile fastest (run_m =
@@ -376,6 +442,17 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
                                       acc, unused);
   if (cwg < 0) return;
   const int64_t rows = min64(kBM, m - m0);
+  if (lean) {
+    epilogue_variant<true>(ydt, act, bias != nullptr, [&](auto yt, auto at, auto hb) {
+      using YT = typename decltype(yt)::type;
+      constexpr int A = decltype(at)::value;
+      constexpr bool B = decltype(hb)::value != 0;
+      wg_epilogue<false>(cwg, acc, unused, [&](int r, int c, float v0, float v1, float, float) {
+        if (r < rows) wg_store_lean<false, YT, A, B>(static_cast<YT*>(y), n, m0 + r, n0 + c, n, v0, v1, 0.f, 0.f, bias);
+      });
+    });
+    return;
+  }
   wg_epilogue<false>(cwg, acc, unused, [&](int r, int c, float v0, float v1, float, float) {
     if (r < rows) wg_store(y, ydt, n, m0 + r, n0 + c, n, false, v0, v1, 0.f, 0.f, bias, act);
   });
@@ -386,7 +463,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
     tma_grouped_kernel(const __grid_constant__ CUtensorMap mx, const __grid_constant__ CUtensorMap mw,
                        const __grid_constant__ CUtensorMap mw3, const int32_t* __restrict__ offsets,
                        const int32_t* __restrict__ tile_start, int64_t experts, int max_tiles,
-                       const float* __restrict__ bias, void* __restrict__ y, int ydt, int64_t n, int64_t k, int act) {
+                       const float* __restrict__ bias, void* __restrict__ y, int ydt, int64_t n, int64_t k, int act,
+                       int lean) {
   using Cfg = WgCfg<GATED>;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = aligned_smem(smem_raw);
@@ -416,6 +494,17 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   if (cwg < 0) return;
   const int64_t rows = min64(kBM, offsets[e + 1] - row0);
   const float* eb = bias ? bias + e * n : nullptr;
+  if (lean) {
+    epilogue_variant<!GATED>(ydt, act, eb != nullptr, [&](auto yt, auto at, auto hb) {
+      using YT = typename decltype(yt)::type;
+      constexpr int A = decltype(at)::value;
+      constexpr bool B = decltype(hb)::value != 0;
+      wg_epilogue<GATED>(cwg, acc0, acc1, [&](int r, int c, float v0, float v1, float u0, float u1) {
+        if (r < rows) wg_store_lean<GATED, YT, A, B>(static_cast<YT*>(y), n, row0 + r, n0 + c, n, v0, v1, u0, u1, eb);
+      });
+    });
+    return;
+  }
   wg_epilogue<GATED>(cwg, acc0, acc1, [&](int r, int c, float v0, float v1, float u0, float u1) {
     if (r < rows) wg_store(y, ydt, n, row0 + r, n0 + c, n, GATED, v0, v1, u0, u1, eb, act);
   });
@@ -478,7 +567,8 @@ int wgmma_linear(const bf16* x, const bf16* w, const float* bias, void* y, int y
     const int m_tiles = static_cast<int>(ceil_div(m, kBM));
     const int run_m = tma_raster() > 0 ? static_cast<int>(min64(tma_raster(), m_tiles)) : m_tiles;
     const unsigned grid = static_cast<unsigned>(m_tiles * ceil_div(n, 256));
-    tma_linear_kernel<<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, bias, y, ydt, m, n, k, act, run_m);
+    tma_linear_kernel<<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, bias, y, ydt, m, n, k, act, run_m,
+                                                           tma_lean_epilogue() ? 1 : 0);
     return check_launch("tma_linear_kernel");
   }
   using Cfg = WgCfg<false>;
@@ -501,14 +591,14 @@ int wgmma_grouped(const bf16* xs, const int32_t* offsets, const int32_t* tile_st
       const unsigned grid = static_cast<unsigned>(max_tiles * ceil_div(n, Cfg::BN));
       tma_grouped_kernel<true><<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, mw3, offsets, tile_start, experts,
                                                                     static_cast<int>(max_tiles), nullptr, y, ydt, n, k,
-                                                                    act);
+                                                                    act, tma_lean_epilogue() ? 1 : 0);
     } else {
       using Cfg = TmaCfg<false>;
       SKC_TRY(prepare(tma_grouped_kernel<false>, Cfg::SMEM));
       const unsigned grid = static_cast<unsigned>(max_tiles * ceil_div(n, Cfg::BN));
       tma_grouped_kernel<false><<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, mw3, offsets, tile_start, experts,
                                                                      static_cast<int>(max_tiles), bias, y, ydt, n, k,
-                                                                     act);
+                                                                     act, tma_lean_epilogue() ? 1 : 0);
     }
     return check_launch("tma_grouped_kernel");
   }
