@@ -122,16 +122,21 @@ export SPARSEKIT_CUDA_PLUGIN=$plugin
 
 step "diagnostics per op group (scripts/cuda-diag.ts, one process each)"
 diag_bad=()
+# spec group:v → g (group), w / tma / epi (the SPARSEKIT_CUDA_* values), name (for logs)
+variant() {
+  g=${1%%:*}
+  local v=${1##*:}
+  w=$([[ $v == 0 ]] && echo 0 || echo 1)
+  tma=$([[ $v == c ]] && echo 0 || echo 1)
+  epi=$([[ $v == e ]] && echo 1 || echo 0)
+  name=$g
+  case $v in 0) name+=-mma ;; c) name+=-cpasync ;; e) name+=-epilogue ;; esac
+}
 # name:v where v = 1 (defaults: TMA-fed wgmma on Hopper), 0 (SPARSEKIT_CUDA_WGMMA=0: mma.sync),
 # c (SPARSEKIT_CUDA_TMA=0: wgmma fed by cp.async), e (SPARSEKIT_CUDA_EPILOGUE=1: the TMA kernels'
 # specialised epilogue); the variants matter on Hopper only.
 for spec in linear:1 grouped:1 experts:1 nm:1 bsr:1 route:1 linear:e grouped:e experts:e linear:c grouped:c experts:c linear:0 grouped:0 experts:0; do
-  g=${spec%%:*}
-  v=${spec##*:}
-  w=$([[ $v == 0 ]] && echo 0 || echo 1)
-  tma=$([[ $v == c ]] && echo 0 || echo 1)
-  epi=$([[ $v == e ]] && echo 1 || echo 0)
-  name=$g$([[ $v == 0 ]] && echo '-mma' || true)$([[ $v == c ]] && echo '-cpasync' || true)$([[ $v == e ]] && echo '-epilogue' || true)
+  variant "$spec"
   set +e
   SPARSEKIT_CUDA_WGMMA=$w SPARSEKIT_CUDA_TMA=$tma SPARSEKIT_CUDA_EPILOGUE=$epi timeout 60 node --import tsx scripts/cuda-diag.ts "$g" >"$work/diag-$name.log" 2>&1
   rc=$?
@@ -147,12 +152,7 @@ done
 # A CUDA error in a group: where did the kernel go out of bounds (or race)?
 if command -v compute-sanitizer >/dev/null 2>&1; then
   for spec in "${diag_bad[@]}"; do
-    g=${spec%%:*}
-    v=${spec##*:}
-    w=$([[ $v == 0 ]] && echo 0 || echo 1)
-    tma=$([[ $v == c ]] && echo 0 || echo 1)
-    epi=$([[ $v == e ]] && echo 1 || echo 0)
-    name=$g$([[ $v == 0 ]] && echo '-mma' || true)$([[ $v == c ]] && echo '-cpasync' || true)$([[ $v == e ]] && echo '-epilogue' || true)
+    variant "$spec"
     grep -q 'ERROR' "$work/diag-$name.log" || continue
     (($(left) > 240)) || break
     step "compute-sanitizer memcheck: diag $name"

@@ -264,35 +264,25 @@ for (const gated of [false, true]) {
   }
 }
 
-cudaTest('linear and grouped bf16 on the TMA kernels with the epilogue specialised per output type / activation / bias (epilogue on)', async (t) => {
-  if (backend.device?.sm !== 90) {
-    t.skip(`the sm_90a kernels only run on sm_90; this device is sm_${backend.device?.sm}`);
-    return;
-  }
-  cuda.setOption('epilogue', true);
-  try {
-    await linearBf16Check('linear bf16 (specialised epilogue)');
-    await groupedCheck(false, 'bf16', ' (specialised epilogue)');
-    await groupedCheck(true, 'bf16', ' (specialised epilogue)');
-  } finally {
-    cuda.setOption('epilogue', false);
-  }
-});
-
-cudaTest('linear and grouped bf16 on the sm_90a kernels fed by cp.async instead of TMA (tma off)', async (t) => {
-  if (backend.device?.sm !== 90) {
-    t.skip(`the sm_90a kernels only run on sm_90; this device is sm_${backend.device?.sm}`);
-    return;
-  }
-  cuda.setOption('tma', false);
-  try {
-    await linearBf16Check('linear bf16 (cp.async wgmma)');
-    await groupedCheck(false, 'bf16', ' (cp.async wgmma)');
-    await groupedCheck(true, 'bf16', ' (cp.async wgmma)');
-  } finally {
-    cuda.setOption('tma', true);
-  }
-});
+/** linear / grouped / gated grouped bf16 with one of the plugin's sm_90a switches flipped (Hopper only). */
+function sm90VariantTest(title: string, option: 'epilogue' | 'tma', value: boolean, tag: string) {
+  cudaTest(title, async (t) => {
+    if (backend.device?.sm !== 90) {
+      t.skip(`the sm_90a kernels only run on sm_90; this device is sm_${backend.device?.sm}`);
+      return;
+    }
+    cuda.setOption(option, value);
+    try {
+      await linearBf16Check(`linear bf16 (${tag})`);
+      await groupedCheck(false, 'bf16', ` (${tag})`);
+      await groupedCheck(true, 'bf16', ` (${tag})`);
+    } finally {
+      cuda.setOption(option, !value);
+    }
+  });
+}
+sm90VariantTest('linear and grouped bf16 on the TMA kernels with the epilogue specialised per output type / activation / bias (epilogue on)', 'epilogue', true, 'specialised epilogue');
+sm90VariantTest('linear and grouped bf16 on the sm_90a kernels fed by cp.async instead of TMA (tma off)', 'tma', false, 'cp.async wgmma');
 
 cudaTest('permute and combine match the CPU ops (permute exact; combine rel ≤ 1e-6), f32 and bf16', async () => {
   const rng = new Rng(72);

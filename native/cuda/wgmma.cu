@@ -73,6 +73,45 @@ __device__ __forceinline__ void load_tile(unsigned char* dst, const bf16* src, i
   }
 }
 
+// One stage's wgmma of a consumer warpgroup: its 64 rows of A against the
+// stage's B (gated: gate and up halves), K = 64 in four k16 steps, committed
+// as one group.
+template <bool GATED>
+__device__ __forceinline__ void wg_stage_mma(const unsigned char* a_tile, const unsigned char* b_tile,
+                                             float (&acc0)[WgCfg<GATED>::ACC], float (&acc1)[WgCfg<GATED>::ACC1]) {
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBK / 16; ++kk) {
+    const uint64_t da = make_desc(a_tile + kk * 32);
+    if constexpr (GATED) {
+      wgmma_m64n128k16(acc0, da, make_desc(b_tile + kk * 32));
+      wgmma_m64n128k16(acc1, da, make_desc(b_tile + 128 * 128 + kk * 32));
+    } else {
+      wgmma_m64n256k16(acc0, da, make_desc(b_tile + kk * 32));
+    }
+  }
+  wg_commit();
+}
+
+template <bool GATED>
+__device__ __forceinline__ void zero_acc(float (&acc0)[WgCfg<GATED>::ACC], float (&acc1)[WgCfg<GATED>::ACC1]) {
+#pragma unroll
+  for (int i = 0; i < WgCfg<GATED>::ACC; ++i) acc0[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < WgCfg<GATED>::ACC1; ++i) acc1[i] = 0.f;
+}
+
+// The expert owning row tile `tile` (tile_start: each expert's first tile),
+// counted by every thread of the CTA.
+__device__ __forceinline__ int expert_of_tile(int tile, const int32_t* tile_start, int64_t experts) {
+  int e = 0;
+  for (int64_t base = 0; base < experts; base += blockDim.x) {
+    const int64_t i = base + threadIdx.x;
+    e += __syncthreads_count(i < experts && tile_start[i + 1] <= tile);
+  }
+  return e;
+}
+
 struct WgTile {
   const bf16* a;   // A tile row 0
   const bf16* b;   // B (gate) tile row 0
@@ -87,10 +126,7 @@ __device__ __forceinline__ void wg_mainloop(const WgTile& t, unsigned char* smem
                                             float (&acc1)[WgCfg<GATED>::ACC1]) {
   using Cfg = WgCfg<GATED>;
   const int wg = threadIdx.x >> 7;
-#pragma unroll
-  for (int i = 0; i < Cfg::ACC; ++i) acc0[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < Cfg::ACC1; ++i) acc1[i] = 0.f;
+  zero_acc<GATED>(acc0, acc1);
   const int iters = static_cast<int>((t.k + kBK - 1) / kBK);
   auto load_stage = [&](int slot, int it) {
     unsigned char* base = smem + slot * Cfg::STAGE_BYTES;
@@ -118,20 +154,8 @@ __device__ __forceinline__ void wg_mainloop(const WgTile& t, unsigned char* smem
       cp_async_commit();
     }
     unsigned char* base = smem + (it % kStages) * Cfg::STAGE_BYTES;
-    const unsigned char* a_tile = base + wg * (64 * 128);  // this warpgroup's 64 rows
-    const unsigned char* b_tile = base + Cfg::A_BYTES;
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      const uint64_t da = make_desc(a_tile + kk * 32);
-      if constexpr (GATED) {
-        wgmma_m64n128k16(acc0, da, make_desc(b_tile + kk * 32));
-        wgmma_m64n128k16(acc1, da, make_desc(b_tile + 128 * 128 + kk * 32));
-      } else {
-        wgmma_m64n256k16(acc0, da, make_desc(b_tile + kk * 32));
-      }
-    }
-    wg_commit();
+    // this warpgroup's 64 rows of A; B
+    wg_stage_mma<GATED>(base + wg * (64 * 128), base + Cfg::A_BYTES, acc0, acc1);
     wg_wait<1>();
   }
   wg_wait<0>();
@@ -285,11 +309,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* smem = aligned_smem(smem_raw);
   const int tile = blockIdx.x;
   if (tile >= tile_start[experts]) return;
-  int e = 0;
-  for (int64_t base = 0; base < experts; base += kThreads) {
-    const int64_t i = base + threadIdx.x;
-    e += __syncthreads_count(i < experts && tile_start[i + 1] <= tile);
-  }
+  const int e = expert_of_tile(tile, tile_start, experts);
   const int64_t row0 = offsets[e] + static_cast<int64_t>(tile - tile_start[e]) * kBM;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * Cfg::BN;
   WgTile t{xs + row0 * k, w + (e * n + n0) * k, GATED ? w3 + (e * n + n0) * k : nullptr,
@@ -393,28 +413,12 @@ __device__ __forceinline__ int tma_mainloop(const TmaTile& t, const CUtensorMap*
     return -1;
   }
   const int cwg = wg - 1;
-#pragma unroll
-  for (int i = 0; i < Cfg::ACC; ++i) acc0[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < Cfg::ACC1; ++i) acc1[i] = 0.f;
+  zero_acc<GATED>(acc0, acc1);
   for (int it = 0; it < iters; ++it) {
     const int s = it % kTmaStages;
     mbar_wait(&full[s], (it / kTmaStages) & 1);
     unsigned char* base = smem + s * Cfg::STAGE_BYTES;
-    const unsigned char* a_tile = base + cwg * (64 * 128);
-    const unsigned char* b_tile = base + Cfg::A_BYTES;
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      const uint64_t da = make_desc(a_tile + kk * 32);
-      if constexpr (GATED) {
-        wgmma_m64n128k16(acc0, da, make_desc(b_tile + kk * 32));
-        wgmma_m64n128k16(acc1, da, make_desc(b_tile + 128 * 128 + kk * 32));
-      } else {
-        wgmma_m64n256k16(acc0, da, make_desc(b_tile + kk * 32));
-      }
-    }
-    wg_commit();
+    wg_stage_mma<GATED>(base + cwg * (64 * 128), base + Cfg::A_BYTES, acc0, acc1);
     wg_wait<1>();
     // This warp's share of the wgmma of iteration it − 1 is done: release that stage.
     if (it > 0 && (threadIdx.x & 31) == 0) mbar_arrive(&empty[(it - 1) % kTmaStages]);
@@ -481,11 +485,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   const int tile = first + in_run % len;
   const int n_tile = in_run / len;
   if (tile >= tile_start[experts]) return;
-  int e = 0;
-  for (int64_t base = 0; base < experts; base += kTmaThreads) {
-    const int64_t i = base + threadIdx.x;
-    e += __syncthreads_count(i < experts && tile_start[i + 1] <= tile);
-  }
+  const int e = expert_of_tile(tile, tile_start, experts);
   const int64_t row0 = offsets[e] + static_cast<int64_t>(tile - tile_start[e]) * kBM;
   const int64_t n0 = static_cast<int64_t>(n_tile) * Cfg::BN;
   float acc0[Cfg::ACC], acc1[Cfg::ACC1];
