@@ -36,6 +36,11 @@ function planCases(rng: Rng): { label: string; plan: TestPlan }[] {
     [7, 3, 3, {}],
     [64, 64, 8, {}],
     [33, 5, 1, { pDrop: 0.5, hot: [4] }],
+    // With in = 450 below (more than one k slice of every ISA's kernels):
+    // ~20 rows per expert (the panel-by-panel walk of a small row block) and
+    // ~150 (the slice-by-slice walk).
+    [40, 2, 1, {}],
+    [300, 2, 1, {}],
   ];
   return specs.map(([T, E, k, o]) => ({ label: `T=${T} E=${E} k=${k} ${JSON.stringify(o)}`, plan: randomPlan(rng, T, E, k, o) }));
 }
@@ -55,7 +60,7 @@ function groupedSamples(gated: boolean) {
     const dims: [number, number][] = [[1, 1], [17, 5], [40, 33], [7, 64], [70, 19]];
     const acts: Act[] = gated ? ['silu', 'gelu', 'gelu_tanh', 'relu'] : ['none', 'relu', 'silu', 'gelu'];
     return planCases(rng).map(({ label, plan }, i) => {
-      const [k, n] = dims[i % dims.length];
+      const [k, n] = i >= 9 ? [450, 40] : dims[i % dims.length];
       const E = plan.experts;
       const rows = plan.sortedSlots.length;
       return {

@@ -391,29 +391,42 @@ struct Gemm {
     // then every row tile against the W3 one, so one KC·NR panel at a time sits
     // in L1 (the two together would fill it: measured ~11% slower than two
     // plain GEMMs when the tiles alternated between them).
-    for (int64_t pc = 0; pc < k; pc += KC) {
+    const bool blocked = slice_major(k, i0, i1);
+    auto step = [&](int64_t pc, int64_t jr) {
       const int64_t kc = sk_min64(KC, k - pc);
-      const bool last = pc + kc >= k;
-      for (int64_t jr = j0; jr < j1; jr += NR) {
-        const int64_t cols = sk_min64(NR, n - jr);
-        const int64_t boff = (jr / NR) * k * NR + pc * NR;
-        for (int pass = 0; pass < 2; ++pass)
-          for (int64_t ir = i0; ir < i1; ir += MR) {
-            int rows = static_cast<int>(sk_min64(MR, i1 - ir));
-            const float* a = xp + (ir / MR) * k * MR + pc * MR;
-            // Next in the walk: this panel's W3 slice, then the next panel's W1 slice.
-            if (pass == 0)
-              prefetch_w_share(w3p + boff, kc, i0, i1, ir);
-            else
-              prefetch_next_w(w1p, k, j0, j1, jr, pc, i0, i1, ir, KC);
-            if (pass == 0)
-              run_tile(rows, cols, kc, a, w1p + boff, h + ir * n + jr, n, pc > 0, tmp);
-            else
-              run_tile(rows, cols, kc, a, w3p + boff, gate_scratch + (ir - i0) * ls + (jr - j0), ls, pc > 0, tmp);
-          }
-        if (last)
-          for (int64_t r = i0; r < i1; ++r) sk_gate_row(h + r * n + jr, gate_scratch + (r - i0) * ls + (jr - j0), cols, act);
-      }
+      const int64_t cols = sk_min64(NR, n - jr);
+      const int64_t boff = (jr / NR) * k * NR + pc * NR;
+      for (int pass = 0; pass < 2; ++pass)
+        for (int64_t ir = i0; ir < i1; ir += MR) {
+          int rows = static_cast<int>(sk_min64(MR, i1 - ir));
+          const float* a = xp + (ir / MR) * k * MR + pc * MR;
+          // Next in the walk: this panel's W3 slice, then the next W1 slice
+          // (blocked: the next panel's; panel by panel: this panel's next).
+          if (pass == 0)
+            prefetch_w_share(w3p + boff, kc, i0, i1, ir);
+          else if (blocked)
+            prefetch_next_w(w1p, k, j0, j1, jr, pc, i0, i1, ir, KC);
+          else if (pc + kc < k)
+            prefetch_w_share(w1p + boff + kc * NR, sk_min64(KC, k - pc - kc), i0, i1, ir);
+          if (pass == 0)
+            run_tile(rows, cols, kc, a, w1p + boff, h + ir * n + jr, n, pc > 0, tmp);
+          else
+            run_tile(rows, cols, kc, a, w3p + boff, gate_scratch + (ir - i0) * ls + (jr - j0), ls, pc > 0, tmp);
+        }
+      if (pc + kc >= k)
+        for (int64_t r = i0; r < i1; ++r) sk_gate_row(h + r * n + jr, gate_scratch + (r - i0) * ls + (jr - j0), cols, act);
+    };
+    if (blocked) {
+      for (int64_t pc = 0; pc < k; pc += KC)
+        for (int64_t jr = j0; jr < j1; jr += NR) step(pc, jr);
+    } else {
+      // A few row panels whose x block fits L2 (fine-grained experts: ~48
+      // rows): walk the W1 and W3 panels end to end, as for_each_tile does
+      // for the plain product. Fine-grained experts (d 2048, ffn 1408, 64
+      // experts, top-6) at T = 512, 2 threads: the gated product 1.05–1.08x,
+      // expertsForward 1.03–1.05x.
+      for (int64_t jr = j0; jr < j1; jr += NR)
+        for (int64_t pc = 0; pc < k; pc += KC) step(pc, jr);
     }
   }
 
