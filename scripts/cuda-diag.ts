@@ -30,7 +30,6 @@ import {
   groupedLinear,
   info,
   linear,
-  nmLinear,
   NMSparseMatrix,
   prepackExperts,
   prepackGatedExperts,
@@ -39,6 +38,7 @@ import {
   type ActivationName,
   type DeviceTensor,
 } from '../lib/index';
+import { relError } from '../test/harness';
 import { roundBf16 } from '../test/reference/bf16';
 import { randomPlan } from '../test/reference/experts';
 import { Rng } from '../test/reference/rng';
@@ -68,17 +68,6 @@ function say(s: string) {
   process.stdout.write(s + '\n');
 }
 
-function relErr(got: ArrayLike<number>, ref: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const d = got[i] - ref[i];
-    num += d * d;
-    den += ref[i] * ref[i];
-  }
-  return Math.sqrt(num / Math.max(den, 1e-300));
-}
-
 function ranges(set: Set<number>): string {
   const v = [...set].sort((a, b) => a - b);
   const out: string[] = [];
@@ -93,7 +82,7 @@ function ranges(set: Set<number>): string {
 
 /** Compares a [m, n] output with its reference; prints one line when right, a diagnosis when wrong. */
 function compare(label: string, got: Float32Array, ref: ArrayLike<number>, m: number, n: number, tol: number): boolean {
-  const err = relErr(got, ref);
+  const err = relError(got, ref);
   let nan = 0;
   for (const v of got) if (!Number.isFinite(v)) nan++;
   if (err <= tol && nan === 0) {
@@ -318,7 +307,6 @@ async function groupNM() {
           dx.dispose();
           dw.dispose();
           compare(`${tag} ${T}×${k}×${rows}`, y, ref, T, rows, dtype === 'bf16' ? 1e-4 : 1e-5);
-          void nmLinear;
         });
       }
       if (n === 2 && m === 4 && dtype === 'bf16') {
