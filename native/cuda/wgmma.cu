@@ -585,21 +585,17 @@ int wgmma_grouped(const bf16* xs, const int32_t* offsets, const int32_t* tile_st
   if (use_tma() && make_map(&mx, xs, rows, k, kBM) && make_map(&mw, w, experts * n, k, w3 ? 128 : 256) &&
       (!w3 || make_map(&mw3, w3, experts * n, k, 128))) {
     if (!w3) mw3 = mw;  // unused by the plain kernel
-    if (w3) {
-      using Cfg = TmaCfg<true>;
-      SKC_TRY(prepare(tma_grouped_kernel<true>, Cfg::SMEM));
-      const unsigned grid = static_cast<unsigned>(max_tiles * ceil_div(n, Cfg::BN));
-      tma_grouped_kernel<true><<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, mw3, offsets, tile_start, experts,
-                                                                    static_cast<int>(max_tiles), nullptr, y, ydt, n, k,
-                                                                    act, tma_lean_epilogue() ? 1 : 0);
-    } else {
-      using Cfg = TmaCfg<false>;
-      SKC_TRY(prepare(tma_grouped_kernel<false>, Cfg::SMEM));
-      const unsigned grid = static_cast<unsigned>(max_tiles * ceil_div(n, Cfg::BN));
-      tma_grouped_kernel<false><<<grid, kTmaThreads, Cfg::SMEM, s>>>(mx, mw, mw3, offsets, tile_start, experts,
-                                                                     static_cast<int>(max_tiles), bias, y, ydt, n, k,
-                                                                     act, tma_lean_epilogue() ? 1 : 0);
-    }
+    auto launch = [&](auto kernel, size_t smem, int64_t bn, const float* b) -> int {
+      SKC_TRY(prepare(kernel, smem));
+      const unsigned grid = static_cast<unsigned>(max_tiles * ceil_div(n, bn));
+      kernel<<<grid, kTmaThreads, smem, s>>>(mx, mw, mw3, offsets, tile_start, experts, static_cast<int>(max_tiles), b,
+                                             y, ydt, n, k, act, tma_lean_epilogue() ? 1 : 0);
+      return SK_CUDA_OK;
+    };
+    if (w3)
+      SKC_TRY(launch(tma_grouped_kernel<true>, TmaCfg<true>::SMEM, TmaCfg<true>::BN, nullptr));
+    else
+      SKC_TRY(launch(tma_grouped_kernel<false>, TmaCfg<false>::SMEM, TmaCfg<false>::BN, bias));
     return check_launch("tma_grouped_kernel");
   }
   if (w3) {
