@@ -197,8 +197,8 @@ Napi::Value GluAsync(const Napi::CallbackInfo& i) { return GluImpl(i, true); }
 // Scratch for expertsForward, per calling thread, grown once and reused: the
 // steady state allocates nothing.
 struct ForwardWorkspace {
-  AlignedBuffer<float> xs, h, ys;
-  std::vector<int32_t> row_of_slot;
+  AlignedBuffer<float> h, ys;
+  std::vector<int32_t> row_of_slot, token_of_row;
 };
 
 // expertsForward(x [T, d], plan { sortedSlots, expertOffsets, weights, k }, gateUp, down, options?: { activation, out })
@@ -239,13 +239,15 @@ Napi::Value ExpertsForwardImpl(const Napi::CallbackInfo& info, bool async) {
   int64_t rows = slots.length;
   auto kernel = [=]() -> Status {
     thread_local ForwardWorkspace ws;
-    if (!ws.xs.resize(static_cast<size_t>(rows * d + 1)) || !ws.h.resize(static_cast<size_t>(rows * ffn + 1)) ||
-        !ws.ys.resize(static_cast<size_t>(rows * d + 1)))
+    if (!ws.h.resize(static_cast<size_t>(rows * ffn + 1)) || !ws.ys.resize(static_cast<size_t>(rows * d + 1)))
       return Status::Oom("out of memory for expertsForward's workspace");
     ws.row_of_slot.resize(static_cast<size_t>(tokens * k));
+    ws.token_of_row.resize(static_cast<size_t>(rows));
     invert_slots(sd, rows, tokens * k, ws.row_of_slot.data());
-    permute_rows(xd, d, sd, rows, k, ws.xs.data());
-    Status s = grouped_linear(ws.xs.data(), od, *gate_up, act, ws.h.data());
+    // The permute is fused into the gate/up product's packing: its panels are
+    // read straight from x's token rows (no [rows, d] copy of x).
+    for (int64_t r = 0; r < rows; ++r) ws.token_of_row[r] = static_cast<int32_t>(sd[r] / k);
+    Status s = grouped_linear(xd, od, *gate_up, act, ws.h.data(), ws.token_of_row.data());
     if (!s.ok()) return s;
     s = grouped_linear(ws.h.data(), od, *down, Activation::kNone, ws.ys.data());
     if (!s.ok()) return s;

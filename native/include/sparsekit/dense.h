@@ -26,8 +26,10 @@ struct DenseKernels {
   // Grouped over experts: rows offsets[e]..offsets[e+1] of xs times W_eᵀ
   // (+ bias_e), or act(xs·W1_eᵀ) ⊙ (xs·W3_eᵀ) when w3_packed is set. Each
   // expert's packed weight is w_stride floats; `workspace` holds
-  // Σ_e ceil(rows_e/mr)·mr·k floats.
-  void (*grouped_gemm)(const float* xs, const int32_t* offsets, int64_t n_experts, int64_t k,
+  // Σ_e ceil(rows_e/mr)·mr·k floats. With src_rows, row r of the grouped
+  // input is xs row src_rows[r] (the permute is read straight into the packed
+  // panels); without, it is xs row r.
+  void (*grouped_gemm)(const float* xs, const int32_t* src_rows, const int32_t* offsets, int64_t n_experts, int64_t k,
                        const float* w_packed, const float* w3_packed, int64_t w_stride, int64_t n, const float* bias,
                        Activation act, float* y, float* workspace);
 };

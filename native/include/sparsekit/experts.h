@@ -33,7 +33,10 @@ Status pack_experts(const float* w, const float* w3, int64_t w_expert_stride, in
                     const float* bias, Isa isa, std::shared_ptr<PackedExperts>* out);
 
 // y[r] for every row r of xs [rows, k] (rows = offsets[E]); offsets validated by the caller.
-Status grouped_linear(const float* xs, const int32_t* offsets, const PackedExperts& w, Activation act, float* y);
+// With src_rows, row r is xs row src_rows[r] instead (a permute fused into the
+// packing; the indices validated by the caller).
+Status grouped_linear(const float* xs, const int32_t* offsets, const PackedExperts& w, Activation act, float* y,
+                      const int32_t* src_rows = nullptr);
 
 // xs[i] = x[sorted_slots[i] / k] for i < n_rows.
 void permute_rows(const float* x, int64_t d, const int32_t* sorted_slots, int64_t n_rows, int64_t k, float* xs);

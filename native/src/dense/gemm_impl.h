@@ -524,7 +524,8 @@ struct Gemm {
   // experts add no tasks).
   //   wp/w3p: E packed weights of w_stride floats each; bias: [E, n] or null.
   //   workspace: packed_x floats for Σ_e ceil(rows_e / MR)·MR·k.
-  static void grouped_gemm(const float* xs, const int32_t* offsets, int64_t n_experts, int64_t k, const float* wp,
+  static void grouped_gemm(const float* xs, const int32_t* src_rows, const int32_t* offsets, int64_t n_experts, int64_t k,
+                           const float* wp,
                            const float* w3p, int64_t w_stride, int64_t n, const float* bias, Activation act,
                            float* y, float* workspace) {
     ThreadPool& pool = ThreadPool::instance();
@@ -554,9 +555,14 @@ struct Gemm {
     }
     pool.parallel_for(panel_base[n_experts], [&](int64_t p, int) {
       int64_t e = sk_owner(panel_base.p, n_experts, p);
-      int64_t rows = offsets[e + 1] - offsets[e];
-      pack_x_panel(xs + static_cast<int64_t>(offsets[e]) * k, rows, k, p - panel_base[e],
-                   workspace + panel_base[e] * k * MR);
+      const int64_t rows = offsets[e + 1] - offsets[e], lp = p - panel_base[e];
+      const int64_t r0 = offsets[e] + lp * MR, pr = sk_min64(MR, rows - lp * MR);
+      const float* row[MR];
+      for (int64_t i = 0; i < MR; ++i) {
+        const int64_t r = r0 + sk_min64(i, pr - 1);
+        row[i] = xs + (src_rows ? static_cast<int64_t>(src_rows[r]) : r) * k;
+      }
+      pack_panel_rows(row, pr, k, workspace + p * k * MR);
     });
     pool.parallel_for(task_base[n_experts], [&](int64_t t, int) {
       int64_t e = sk_owner(task_base.p, n_experts, t);

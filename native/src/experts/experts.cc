@@ -47,13 +47,14 @@ Status pack_experts(const float* w, const float* w3, int64_t w_expert_stride, in
   return Status::Ok();
 }
 
-Status grouped_linear(const float* xs, const int32_t* offsets, const PackedExperts& w, Activation act, float* y) {
+Status grouped_linear(const float* xs, const int32_t* offsets, const PackedExperts& w, Activation act, float* y,
+                      const int32_t* src_rows) {
   const DenseKernels& kern = *w.kernels;
   int64_t panels = 0;
   for (int64_t e = 0; e < w.experts; ++e) panels += (offsets[e + 1] - offsets[e] + kern.mr - 1) / kern.mr;
   float* ws = thread_workspace(static_cast<size_t>(panels * kern.mr * w.k), 0);
   if (!ws) return Status::Oom("out of memory for the packed-x workspace");
-  kern.grouped_gemm(xs, offsets, w.experts, w.k, w.w1.data(), w.gated ? w.w3.data() : nullptr, w.stride, w.n,
+  kern.grouped_gemm(xs, src_rows, offsets, w.experts, w.k, w.w1.data(), w.gated ? w.w3.data() : nullptr, w.stride, w.n,
                     w.has_bias ? w.bias.data() : nullptr, act, y, ws);
   return Status::Ok();
 }
