@@ -373,8 +373,9 @@ struct Gemm {
   // its FMAs (gemm_ukernel_pf): issued as a burst before the tile, the
   // prefetches stalled the core on full miss buffers (perf: ~3 % of the
   // fine-grained experts' time on the prefetch instructions); spread, the
-  // fine-grained experts at T = 512 ran 1.04x faster, Mixtral-shaped 1.02x,
-  // a dense linear unchanged (2 threads, interleaved in one process).
+  // fine-grained experts at T = 512 ran 1.01-1.04x faster, Mixtral-shaped
+  // 1.01-1.02x, a large dense linear within noise (2 threads, interleaved in
+  // one process, alternating order).
   // w_share: tile ir's share of the panel slice at next, kc deep.
   struct PfShare {
     const char* p = nullptr;
