@@ -393,7 +393,7 @@ Napi::Value NmGroupedLinearImpl(const Napi::CallbackInfo& info, bool async) {
   };
   auto gate_error = [](const PackedNm&) { return std::string(); };
   return grouped_sparse_linear<PackedNm>(info, async ? "nmGroupedLinearAsync" : "nmGroupedLinear", "PackedNMLinear from prepackNM()",
-                                         shape_of, gate_error, nm_grouped_linear, async);
+                                         shape_of, gate_error, nm_grouped_linear, async, nm_grouped_gated_down);
 }
 
 Napi::Value NmGroupedLinear(const Napi::CallbackInfo& info) { return NmGroupedLinearImpl(info, false); }

@@ -74,7 +74,7 @@ export {
   nmGroupedLinearAsync,
 } from './nm';
 export type { NMPattern, NMParts, Cutlass24, NMLinearOptions, PackedNMLinear } from './nm';
-export type { GroupedSparseOptions } from './sparse-options';
+export type { GroupedSparseOptions, NMGroupedOptions } from './sparse-options';
 export { cuda, DeviceTensor, DevicePlan, DeviceBsr, DeviceNM, CudaStream, CudaUnavailableError } from './cuda';
 export { DeviceMoELayer } from './cuda_moe';
 export type { DeviceMoEForward } from './cuda_moe';

@@ -65,6 +65,8 @@ export interface NativeGroupedSparseOptions {
   gated?: boolean;
   activation?: ActivationName;
   out?: Float32Array | null;
+  /** nmGroupedLinear only: the down projection chained after the gated product. */
+  down?: readonly PackedNMLinear[];
 }
 
 /** Opaque block-sparse weight packed once for the bsrLinear kernel (see prepackBsrLinear). */

@@ -41,7 +41,7 @@
  *   multiplied.
  */
 import { native, type ActivationName, type PackedNMLinear } from './native';
-import type { GroupedSparseOptions } from './sparse-options';
+import type { NMGroupedOptions } from './sparse-options';
 import type { Float32Tensor } from './tensor';
 
 export type { PackedNMLinear };
@@ -309,13 +309,15 @@ export function nmLinearAsync(
  * by its gate and up products, which a task computes for the same block of
  * rows and combines in cache. Every expert must be a `PackedNMLinear` of the
  * same shape and pattern (`prepackNM`). Decode-sized groups (at most a few
- * rows per expert) run the row-streaming kernel expert by expert.
+ * rows per expert) run the row-streaming kernel expert by expert. With
+ * `gated` and `down`, the expert block's down projection runs in the same call
+ * (see `NMGroupedOptions.down`).
  */
 export function nmGroupedLinear(
   xs: Float32Tensor,
   expertOffsets: Int32Array,
   experts: readonly PackedNMLinear[],
-  options?: GroupedSparseOptions,
+  options?: NMGroupedOptions,
 ): Float32Tensor {
   return native.nmGroupedLinear(xs, expertOffsets, experts, options);
 }
@@ -328,7 +330,7 @@ export function nmGroupedLinearAsync(
   xs: Float32Tensor,
   expertOffsets: Int32Array,
   experts: readonly PackedNMLinear[],
-  options?: GroupedSparseOptions,
+  options?: NMGroupedOptions,
 ): Promise<Float32Tensor> {
   return native.nmGroupedLinearAsync(xs, expertOffsets, experts, options);
 }

@@ -86,6 +86,27 @@ export class SparseExperts {
       : bsrGroupedLinear(xs, expertOffsets, this.packed as PackedBsrLinear[], options);
   }
 
+  /**
+   * N:M stacks only: this gate/up stack's gated product and `down`'s
+   * projection in one `nmGroupedLinear` call (see `NMGroupedOptions.down`):
+   * `[rows, d]`.
+   */
+  groupedGatedDown(
+    xs: Float32Tensor,
+    expertOffsets: Int32Array,
+    down: SparseExperts,
+    options: { activation?: ActivationName; out?: Float32Array } = {},
+  ): Float32Tensor {
+    if (this.spec.format !== 'nm' || down.spec.format !== 'nm')
+      throw new TypeError('SparseExperts.groupedGatedDown: both stacks must be N:M (format "nm")');
+    return nmGroupedLinear(xs, expertOffsets, this.packed as PackedNMLinear[], {
+      gated: true,
+      activation: options.activation,
+      down: down.packed as PackedNMLinear[],
+      out: options.out,
+    });
+  }
+
   /** `act(x·W_eᵀ + bias)` for one expert's rows. */
   linear(
     e: number,
@@ -151,6 +172,10 @@ export function sparseExpertsForward(
   // split would cut through block rows (ffn not a multiple of the block height).
   const gs = gateUp.spec;
   const blockRows = gs.format === 'bsr' ? (typeof gs.blockSize === 'number' ? gs.blockSize : gs.blockSize[0]) : 1;
+  if (gs.format === 'nm' && down.spec.format === 'nm') {
+    // Both projections in one call: h never leaves the kernels' packed layout.
+    return combine(gateUp.groupedGatedDown(xs, plan.expertOffsets, down, { activation: act, out: ys }), plan, { out });
+  }
   if (gs.format === down.spec.format && f % blockRows === 0) {
     const h = gateUp.grouped(xs, plan.expertOffsets, { gated: true, activation: act, out: scratch(gateUp, 'h', rows * f) });
     return combine(down.grouped(h, plan.expertOffsets, { out: ys }), plan, { out });

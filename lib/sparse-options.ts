@@ -1,4 +1,4 @@
-import type { ActivationName } from './native';
+import type { ActivationName, PackedNMLinear } from './native';
 
 /** Options of the grouped sparse-experts ops, `nmGroupedLinear` and `bsrGroupedLinear`. */
 export interface GroupedSparseOptions {
@@ -12,4 +12,17 @@ export interface GroupedSparseOptions {
   activation?: ActivationName;
   /** Preallocated result, `[rows, out]` (plain) or `[rows, out / 2]` (gated). */
   out?: Float32Array | null;
+}
+
+/** `nmGroupedLinear`'s options: those of every grouped sparse op, and `down`. */
+export interface NMGroupedOptions extends GroupedSparseOptions {
+  /**
+   * With `gated`: each expert's down projection (`[d, ffn]`, `prepackNM`,
+   * the gate/up stack's pattern for the fused path), applied in the same call:
+   * the result is `down_e(act(gate) ⊙ up)`, `[rows, d]` (and `out` that
+   * size). The gated product reaches the down kernel in its packed layout,
+   * never as `[rows, ffn]` rows; the values are bit for bit those of the two
+   * separate calls.
+   */
+  down?: readonly PackedNMLinear[];
 }

@@ -18,7 +18,7 @@ import {
   type PackedBsrLinear,
   type PackedNMLinear,
 } from '../lib/index';
-import { checkBadInputs, checkOp } from './harness';
+import { checkBadInputs, checkOp, isaMatrix, withRuntime } from './harness';
 import { Rng } from './reference/rng';
 
 type T2 = { data: Float32Array; shape: number[] };
@@ -158,6 +158,88 @@ checkOp({
   tolerance: 1e-5,
 });
 
+// Gated with options.down: both projections of the expert block in one call,
+// the gated product handed to the down kernel in its packed layout.
+interface ChainIn extends In {
+  downs: NMSparseMatrix[];
+}
+
+function referenceChain(s: ChainIn): Float64Array {
+  const h = reference(s);
+  const f = s.experts[0].toDense().shape[0] / 2;
+  const dOut = s.downs[0].rows;
+  const rows = s.xs.shape[0];
+  const y = new Float64Array(rows * dOut);
+  for (let e = 0; e < s.downs.length; e++) {
+    const D = s.downs[e].toDense().data;
+    for (let r = s.offsets[e]; r < s.offsets[e + 1]; r++)
+      for (let o = 0; o < dOut; o++) {
+        let a = 0;
+        for (let c = 0; c < f; c++) a += h[r * f + c] * D[o * f + c];
+        y[r * dOut + o] = a;
+      }
+  }
+  return y;
+}
+
+const chainCases: { sizes: number[]; ffn: number; d: number; dOut: number; n: number; m: number; dn?: [number, number]; act: In['activation'] }[] = [
+  { sizes: [0, 37, 5, 90], ffn: 24, d: 64, dOut: 40, n: 2, m: 4, act: 'silu' }, // tiles, uneven groups, an empty expert
+  { sizes: [150, 130, 0], ffn: 18, d: 40, dOut: 24, n: 1, m: 2, act: 'gelu' }, // wide tiles; ffn not a multiple of the 4-row panel
+  { sizes: [1, 0, 2, 1], ffn: 22, d: 32, dOut: 16, n: 1, m: 2, act: 'silu' }, // decode: the per-expert path
+  { sizes: [20, 9, 33], ffn: 20, d: 24, dOut: 12, n: 3, m: 4, act: 'silu' }, // generic pattern
+  { sizes: [2, 4, 0, 3], ffn: 24, d: 32, dOut: 8, n: 2, m: 4, act: 'silu' }, // decode, 2:4
+  { sizes: [64, 70], ffn: 32, d: 32, dOut: 48, n: 2, m: 8, act: 'silu' },
+  { sizes: [40, 3, 77], ffn: 16, d: 32, dOut: 32, n: 2, m: 4, dn: [1, 4], act: 'silu' }, // down of another pattern: unfused
+  { sizes: [0, 0, 300, 0], ffn: 36, d: 48, dOut: 20, n: 2, m: 4, act: 'silu' }, // one expert takes all
+];
+
+function chainSamples(): { label: string; inputs: ChainIn }[] {
+  const rng = new Rng(606);
+  return chainCases.map((c, i) => {
+    const offsets = groupsOf(c.sizes);
+    const rows = offsets[c.sizes.length];
+    const experts = c.sizes.map((_, e) => NMSparseMatrix.random(2 * c.ffn, c.d, { n: c.n, m: c.m }, { seed: 3000 * i + e }));
+    const [dn, dm] = c.dn ?? [c.n, c.m];
+    const downs = c.sizes.map((_, e) => NMSparseMatrix.random(c.dOut, c.ffn, { n: dn, m: dm }, { seed: 3000 * i + 500 + e }));
+    return {
+      label: `${c.n}:${c.m} (down ${dn}:${dm}) ffn=${c.ffn} d=${c.d} out=${c.dOut} groups=[${c.sizes}] ${c.act}`,
+      inputs: { xs: { data: rng.floats(rows * c.d), shape: [rows, c.d] }, offsets, experts, gated: true, activation: c.act, downs },
+    };
+  });
+}
+
+checkOp({
+  name: 'nmGroupedLinear (gated, options.down)',
+  samples: chainSamples,
+  prepare: (s: ChainIn) => ({
+    gu: (s.experts as NMSparseMatrix[]).map((W) => prepackNM(W)),
+    dn: s.downs.map((W) => prepackNM(W)),
+  }),
+  run: (p, s) => nmGroupedLinear(s.xs, s.offsets, p.gu, { gated: true, activation: s.activation, down: p.dn }),
+  runAsync: (p, s) => nmGroupedLinearAsync(s.xs, s.offsets, p.gu, { gated: true, activation: s.activation, down: p.dn }),
+  reference: referenceChain,
+  tolerance: 1e-5,
+});
+
+test('nmGroupedLinear with options.down gives bit for bit the two separate grouped calls, on every ISA', async () => {
+  for (const isa of isaMatrix().run) {
+    await withRuntime(isa, 2, () => {
+      for (const { label, inputs: s } of chainSamples()) {
+        const gu = (s.experts as NMSparseMatrix[]).map((W) => prepackNM(W));
+        const dn = s.downs.map((W) => prepackNM(W));
+        const h = nmGroupedLinear(s.xs, s.offsets, gu, { gated: true, activation: s.activation });
+        const two = nmGroupedLinear(h, s.offsets, dn);
+        const out = new Float32Array(two.data.length).fill(Number.NaN);
+        const one = nmGroupedLinear(s.xs, s.offsets, gu, { gated: true, activation: s.activation, down: dn, out });
+        assert.equal(one.data, out, `${isa} ${label}: out is returned`);
+        assert.deepEqual(one.shape, two.shape, `${isa} ${label}: shape`);
+        for (let i = 0; i < out.length; i++)
+          assert.ok(Object.is(out[i], two.data[i]), `${isa} ${label}: element ${i} ${out[i]} ≠ ${two.data[i]}`);
+      }
+    });
+  }
+});
+
 test('nmGroupedLinear: gated defaults to silu; out is filled and returned', () => {
   const W = [NMSparseMatrix.random(8, 16, { n: 2, m: 4 }, { seed: 1 }), NMSparseMatrix.random(8, 16, { n: 2, m: 4 }, { seed: 2 })];
   const p = W.map((w) => prepackNM(w));
@@ -177,6 +259,8 @@ const P8 = prepackNM(NMSparseMatrix.random(8, 16, { n: 1, m: 8 }, { seed: 6 }));
 const P6 = prepackNM(NMSparseMatrix.random(6, 16, { n: 2, m: 4 }, { seed: 7 }));
 const P7 = prepackNM(NMSparseMatrix.random(7, 16, { n: 2, m: 4 }, { seed: 8 }));
 const xs3 = { data: new Float32Array(3 * 16), shape: [3, 16] };
+const D4 = prepackNM(NMSparseMatrix.random(16, 4, { n: 2, m: 4 }, { seed: 9 }));
+const D4b = prepackNM(NMSparseMatrix.random(12, 4, { n: 2, m: 4 }, { seed: 10 }));
 checkBadInputs('nmGroupedLinear', [
   { label: 'xs not a tensor', call: () => nmGroupedLinear(null as never, groupsOf([3]), [P4]), error: TypeError, message: /xs/ },
   { label: 'experts not an array', call: () => nmGroupedLinear(xs3, groupsOf([3]), P4 as never), error: TypeError, message: /experts/ },
@@ -195,6 +279,15 @@ checkBadInputs('nmGroupedLinear', [
   { label: 'bad activation', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { activation: 'tanh' as never }), error: RangeError, message: /activation/ },
   { label: 'out too short', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { gated: true, out: new Float32Array(11) }), error: RangeError, message: /out/ },
   { label: 'async: patterns differ', call: () => nmGroupedLinearAsync(xs3, groupsOf([1, 2]), [P4, P8]), error: RangeError, message: /experts\[1\]/ },
+  // options.down (D4: [16, 4] 2:4, the down of the gated width 4 = P4's 8 / 2)
+  { label: 'down without gated', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { down: [D4] }), error: TypeError, message: /options\.down.*gated/ },
+  { label: 'down not an array', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { gated: true, down: D4 as never }), error: TypeError, message: /options\.down/ },
+  { label: 'down not packed', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { gated: true, down: [W4 as never] }), error: TypeError, message: /options\.down\[0\]/ },
+  { label: 'down count ≠ experts', call: () => nmGroupedLinear(xs3, groupsOf([1, 2]), [P4, P4], { gated: true, down: [D4] }), error: RangeError, message: /options\.down has 1/ },
+  { label: 'down in ≠ gated width', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { gated: true, down: [P4] }), error: RangeError, message: /options\.down.*gated width 4/ },
+  { label: 'down shapes differ', call: () => nmGroupedLinear(xs3, groupsOf([1, 2]), [P4, P4], { gated: true, down: [D4, D4b] }), error: RangeError, message: /options\.down\[1\]/ },
+  { label: 'out sized for the gated width', call: () => nmGroupedLinear(xs3, groupsOf([3]), [P4], { gated: true, down: [D4], out: new Float32Array(12) }), error: RangeError, message: /out/ },
+  { label: 'async: down count', call: () => nmGroupedLinearAsync(xs3, groupsOf([1, 2]), [P4, P4], { gated: true, down: [D4] }), error: RangeError, message: /options\.down has 1/ },
 ]);
 
 const B8 = prepackBsrLinear(BlockSparseMatrix.random({ shape: [16, 16], blockSize: [8, 8], density: 0.5, seed: 3 }));

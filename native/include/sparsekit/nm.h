@@ -95,6 +95,9 @@ struct NmKernels {
   // Grouped over experts (see nm_grouped_linear); false when scratch memory ran out.
   bool (*grouped_linear)(const PackedNm* const* w, int64_t experts, const int32_t* offsets, const float* xs,
                          int64_t gate_rows, Activation act, float* y);
+  // Both projections of an expert block (see nm_grouped_gated_down).
+  bool (*grouped_gated_down)(const PackedNm* const* gate_up, const PackedNm* const* down, int64_t experts,
+                             const int32_t* offsets, const float* xs, Activation act, float* y);
 };
 
 const NmKernels* nm_kernels(Isa isa);
@@ -159,5 +162,14 @@ Status nm_linear_transposed_packed(const float* dy, int64_t m, const PackedNm& w
 // decrease, and end at the row count.
 Status nm_grouped_linear(const PackedNm* const* w, int64_t experts, const int32_t* offsets, const float* xs,
                          int64_t gate_rows, Activation act, float* y);
+
+// The expert block's gate/up and down projections in one call: y [rows, out]
+// = down_e(act(gate_e·xs) ⊙ (up_e·xs)) on each expert's rows, gate_up[e]
+// [2·ffn, in] (gate rows over up rows), down[e] [out, ffn]. The gated
+// product reaches the down projection in its packed layout (no [rows, ffn]
+// intermediate in rows); the result is bit for bit that of the two
+// nm_grouped_linear calls.
+Status nm_grouped_gated_down(const PackedNm* const* gate_up, const PackedNm* const* down, int64_t experts,
+                             const int32_t* offsets, const float* xs, Activation act, float* y);
 
 }  // namespace sparsekit

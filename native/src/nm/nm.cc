@@ -167,8 +167,8 @@ Status nm_linear_transposed_packed(const float* dy, int64_t m, const PackedNm& w
   return Status::Ok();
 }
 
-Status nm_grouped_linear(const PackedNm* const* w, int64_t experts, const int32_t* offsets, const float* xs,
-                         int64_t gate_rows, Activation act, float* y) {
+// Every expert of a stack has expert 0's shape and instruction set.
+static Status check_stack(const PackedNm* const* w, int64_t experts) {
   if (experts < 1) return Status::Range("at least one expert is needed");
   const PackedNm& w0 = *w[0];
   for (int64_t e = 1; e < experts; ++e) {
@@ -180,12 +180,43 @@ Status nm_grouped_linear(const PackedNm* const* w, int64_t experts, const int32_
                            std::to_string(w0.shape.n) + ":" + std::to_string(w0.shape.m));
     if (w[e]->kernels != w0.kernels) return Status::Invalid("experts were packed for different instruction sets");
   }
-  if (gate_rows < 0 || (gate_rows > 0 && 2 * gate_rows != w0.shape.rows))
-    return Status::Range("a gated call needs each expert to stack gate and up rows: out = 2 * gate_rows");
+  return Status::Ok();
+}
+
+static Status check_offsets(const int32_t* offsets, int64_t experts) {
   if (offsets[0] != 0) return Status::Range("offsets must start at 0");
   for (int64_t e = 0; e < experts; ++e)
     if (offsets[e + 1] < offsets[e]) return Status::Range("offsets must not decrease");
+  return Status::Ok();
+}
+
+Status nm_grouped_linear(const PackedNm* const* w, int64_t experts, const int32_t* offsets, const float* xs,
+                         int64_t gate_rows, Activation act, float* y) {
+  Status st = check_stack(w, experts);
+  if (!st.ok()) return st;
+  const PackedNm& w0 = *w[0];
+  if (gate_rows < 0 || (gate_rows > 0 && 2 * gate_rows != w0.shape.rows))
+    return Status::Range("a gated call needs each expert to stack gate and up rows: out = 2 * gate_rows");
+  st = check_offsets(offsets, experts);
+  if (!st.ok()) return st;
   if (!w0.kernels->grouped_linear(w, experts, offsets, xs, gate_rows, act, y))
+    return Status::Oom("out of memory for the N:M workspace");
+  return Status::Ok();
+}
+
+Status nm_grouped_gated_down(const PackedNm* const* gate_up, const PackedNm* const* down, int64_t experts,
+                             const int32_t* offsets, const float* xs, Activation act, float* y) {
+  Status st = check_stack(gate_up, experts);
+  if (st.ok()) st = check_stack(down, experts);
+  if (st.ok()) st = check_offsets(offsets, experts);
+  if (!st.ok()) return st;
+  const NmShape &g = gate_up[0]->shape, &d = down[0]->shape;
+  if (g.rows % 2 != 0 || d.cols != g.rows / 2)
+    return Status::Range("gate/up experts [" + std::to_string(g.rows) + ", " + std::to_string(g.cols) + "] and down experts [" +
+                         std::to_string(d.rows) + ", " + std::to_string(d.cols) + "] do not form [2·ffn, in] / [out, ffn]");
+  if (gate_up[0]->kernels != down[0]->kernels)
+    return Status::Invalid("gate/up and down experts were packed for different instruction sets");
+  if (!gate_up[0]->kernels->grouped_gated_down(gate_up, down, experts, offsets, xs, act, y))
     return Status::Oom("out of memory for the N:M workspace");
   return Status::Ok();
 }

@@ -12,7 +12,8 @@ struct NmCfg_avx2 {
   static constexpr int64_t kL1FloatsWide = 6144;
 };
 using D = NmDriver<NmCfg_avx2>;
-const NmKernels kKernels = {Isa::kAvx2, "f32-nm-avx2", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear};
+const NmKernels kKernels = {Isa::kAvx2, "f32-nm-avx2", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear,
+                            &D::grouped_gated_down};
 }  // namespace
 
 const NmKernels* nm_kernels_avx2() { return &kKernels; }

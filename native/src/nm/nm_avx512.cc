@@ -15,7 +15,8 @@ struct NmCfg_avx512 {
   static constexpr int64_t kL1FloatsWide = 10240;
 };
 using D = NmDriver<NmCfg_avx512>;
-const NmKernels kKernels = {Isa::kAvx512, "f32-nm-avx512", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear};
+const NmKernels kKernels = {Isa::kAvx512, "f32-nm-avx512", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear,
+                            &D::grouped_gated_down};
 }  // namespace
 
 const NmKernels* nm_kernels_avx512() { return &kKernels; }

@@ -845,8 +845,15 @@ struct NmDriver {
   // task groups of at most 512 tokens, fewer when the row blocks alone would
   // not give the pool enough tasks. The cut depends on the offsets only.
   template <class P>
+  //
+  // xp_in: x already packed in this call's tile layout (each tile [K][tt] at
+  // K × the tokens of the tiles before it), as a gated call with xp_out left
+  // it; xs is then unused. xp_out (gated calls): the gated sums go there, in
+  // that layout with K = gate_rows, instead of to y: the next projection's
+  // packed input, never transposed into rows and packed back.
   static bool run_grouped(const PackedNm* const* ws, int64_t experts, const int32_t* offsets, const float* xs,
-                          int64_t gate_rows, Activation act, float* y, int tv_main, const float* bias) {
+                          int64_t gate_rows, Activation act, float* y, int tv_main, const float* bias,
+                          const float* xp_in = nullptr, float* xp_out = nullptr) {
     const PackedNm& w0 = *ws[0];
     const int64_t K = w0.shape.cols, out = gate_rows > 0 ? gate_rows : w0.shape.rows;
     const int n = w0.shape.n, mm = w0.shape.m;
@@ -861,6 +868,7 @@ struct NmDriver {
         nm_max(nm_cdiv(out, kMCMax), nm_min(nm_cdiv(out, kMCMin), nm_cdiv(4 * int64_t(threads), nm_max(1, busy))));
     struct Tile {
       int64_t e, tok0, ntok, tt, xoff;  // expert, its tokens [tok0, tok0 + ntok), width, floats into xp
+      int64_t tokoff;                   // Σ widths of the tiles before it (xoff = tokoff · K)
       BlockFn block;                    // tile_block of its width
     };
     struct Group {
@@ -873,7 +881,7 @@ struct NmDriver {
     LocalArray<Tile> tiles(max_tiles);
     LocalArray<Group> groups(max_tiles);
     LocalArray<int> tvs(max_tiles);
-    int64_t nt = 0, ng = 0, xfloats = 0, tok_max = 1;
+    int64_t nt = 0, ng = 0, xfloats = 0, tokw = 0, tok_max = 1;
     for (int64_t e = 0; e < experts; ++e) {
       const int64_t rows = offsets[e + 1] - offsets[e];
       if (rows == 0) continue;
@@ -891,8 +899,8 @@ struct NmDriver {
         t.e = e, t.tt = int64_t(tvs[i]) * W, t.tok0 = tok, t.ntok = nm_min(t.tt, rows - tok);
         t.block = block_fn<P>(tvs[i]);
         if (!t.block) return false;
-        t.xoff = xfloats;
-        xfloats += t.tt * K, tok += t.tt;
+        t.xoff = xfloats, t.tokoff = tokw;
+        xfloats += t.tt * K, tok += t.tt, tokw += t.tt;
         if (i % cap == 0) groups[ng++] = {nt, nt, tt_max, 0};
         Group& g = groups[ng - 1];
         g.t1 = ++nt, g.width += t.tt;
@@ -901,15 +909,19 @@ struct NmDriver {
     }
     if (nt == 0) return true;
     const int64_t mc = row_block(out, n_rb0, ng, threads), n_rb = nm_cdiv(out, mc), per = mc * tok_max;
-    float* xp = thread_workspace(size_t(xfloats), 0);
-    if (!xp) return false;
-    // Pack every tile ([K][tt], zero past its tokens), in one parallel pass.
-    const int64_t kblocks = nm_cdiv(K, kNmPackCols);
-    ThreadPool::instance().parallel_for(nt * kblocks, [&](int64_t task, int) {
-      const Tile& t = tiles[task / kblocks];
-      const int64_t k0 = (task % kblocks) * kNmPackCols, k1 = nm_min(K, k0 + kNmPackCols);
-      nm_pack_tile_cols(xs + (int64_t(offsets[t.e]) + t.tok0) * K, t.ntok, K, k0, k1, t.tt, xp + t.xoff);
-    });
+    const float* xp = xp_in;
+    if (!xp) {
+      float* buf = thread_workspace(size_t(xfloats), 0);
+      if (!buf) return false;
+      // Pack every tile ([K][tt], zero past its tokens), in one parallel pass.
+      const int64_t kblocks = nm_cdiv(K, kNmPackCols);
+      ThreadPool::instance().parallel_for(nt * kblocks, [&](int64_t task, int) {
+        const Tile& t = tiles[task / kblocks];
+        const int64_t k0 = (task % kblocks) * kNmPackCols, k1 = nm_min(K, k0 + kNmPackCols);
+        nm_pack_tile_cols(xs + (int64_t(offsets[t.e]) + t.tok0) * K, t.ntok, K, k0, k1, t.tt, buf + t.xoff);
+      });
+      xp = buf;
+    }
     Scratch scr(gate_rows > 0 ? 2 * per : per);
     if (scr.failed) return false;
     ThreadPool::instance().parallel_for(ng * n_rb, [&](int64_t task, int worker) {
@@ -932,6 +944,13 @@ struct NmDriver {
       if (up) run_task<P>(w, gate_rows, tu, cnt, r0, r1, kc);
       for (int i = 0; i < cnt; ++i) {
         const Tile& t = tiles[g.t0 + i];
+        if (xp_out && up) {
+          // Rows [r0, r1) of the tile's [gate_rows][tt] packed block, as
+          // they lie in acc (padding tokens included: they stay per lane).
+          sk_gate_row(tg[i].acc, tu[i].acc, (r1 - r0) * t.tt, act);
+          std::memcpy(xp_out + t.tokoff * gate_rows + r0 * t.tt, tg[i].acc, sizeof(float) * size_t((r1 - r0) * t.tt));
+          continue;
+        }
         store_tile(tg[i].acc, up ? tu[i].acc : nullptr, t.ntok, t.tt, out, r0, r1, bias, act,
                    y + (int64_t(offsets[t.e]) + t.tok0) * out);
       }
@@ -1071,6 +1090,43 @@ struct NmDriver {
                           nullptr);
   }
 
+  // The expert block's two projections: y = down_e(act(gate_e·x) ⊙ up_e·x)
+  // over each expert's rows, gu[e] stacking gate over up rows ([2·ffn, in]),
+  // dn[e] [out, ffn], both of pattern P. The tiled path hands the gated
+  // sums to the down projection in its packed tile layout (run_grouped's
+  // xp_out / xp_in): the same tiles, the same values, bit for bit what the
+  // two grouped calls give, without transposing h into rows and back.
+  template <class P>
+  static bool gated_down(const PackedNm* const* gu, const PackedNm* const* dn, int64_t experts, const int32_t* offsets,
+                         const float* xs, Activation act, float* y) {
+    const int n = gu[0]->shape.n, mm = gu[0]->shape.m;
+    const int64_t ffn = gu[0]->shape.rows / 2;
+    int64_t total = 0, busy = 0, most = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t r = offsets[e + 1] - offsets[e];
+      total += r, busy += r > 0, most = nm_max(most, r);
+    }
+    if (total == 0) return true;
+    if (most <= small_tokens<P>()) {
+      float* h = thread_workspace(size_t(total * ffn), 3);
+      return h && grouped<P>(gu, experts, offsets, xs, ffn, act, h) &&
+             grouped<P>(dn, experts, offsets, h, 0, Activation::kNone, y);
+    }
+    const int tv = tile_tv(nm_cdiv(total, busy), n, mm, P::kTuned);
+    // Σ tile widths, as run_grouped cuts them.
+    LocalArray<int> tvs(nm_cdiv(most, W) + 2);
+    int64_t width = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t r = offsets[e + 1] - offsets[e];
+      if (r == 0) continue;
+      const int k = split_tiles(r, n, mm, P::kTuned, tv, tvs.p);
+      for (int i = 0; i < k; ++i) width += int64_t(tvs[i]) * W;
+    }
+    float* hp = thread_workspace(size_t(width * ffn), 3);
+    return hp && run_grouped<P>(gu, experts, offsets, xs, ffn, act, nullptr, tv, nullptr, nullptr, hp) &&
+           run_grouped<P>(dn, experts, offsets, nullptr, 0, Activation::kNone, y, tv, nullptr, hp, nullptr);
+  }
+
   // ---- transposed: dx [m, cols] = dy [m, rows] · W
   //
   // Each task owns a block of whole groups (columns) and a token tile, and
@@ -1154,6 +1210,22 @@ struct NmDriver {
     SPARSEKIT_NM_TUNED_PATTERNS(SK_NM_CASE)
 #undef SK_NM_CASE
     return grouped<GenericPattern>(ws, experts, offsets, xs, gate_rows, act, y);
+  }
+
+  static bool grouped_gated_down(const PackedNm* const* gu, const PackedNm* const* dn, int64_t experts,
+                                 const int32_t* offsets, const float* xs, Activation act, float* y) {
+    const NmShape& sh = gu[0]->shape;
+    if (dn[0]->shape.n == sh.n && dn[0]->shape.m == sh.m) {
+#define SK_NM_CASE(N_, M_) \
+  if (sh.n == N_ && sh.m == M_) return gated_down<TunedPattern<N_, M_>>(gu, dn, experts, offsets, xs, act, y);
+      SPARSEKIT_NM_TUNED_PATTERNS(SK_NM_CASE)
+#undef SK_NM_CASE
+      return gated_down<GenericPattern>(gu, dn, experts, offsets, xs, act, y);
+    }
+    // Different patterns: the two grouped calls through h [rows, ffn].
+    float* h = thread_workspace(size_t(nm_max(1, offsets[experts]) * (sh.rows / 2)), 3);
+    return h && grouped_linear(gu, experts, offsets, xs, sh.rows / 2, act, h) &&
+           grouped_linear(dn, experts, offsets, h, 0, Activation::kNone, y);
   }
 
   static bool linear_transposed(const PackedNm& w, const float* dy, int64_t m, float* dx) {

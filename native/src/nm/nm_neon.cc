@@ -12,7 +12,8 @@ struct NmCfg_neon {
   static constexpr int64_t kL1FloatsWide = 6144;
 };
 using D = NmDriver<NmCfg_neon>;
-const NmKernels kKernels = {Isa::kNeon, "f32-nm-neon", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear};
+const NmKernels kKernels = {Isa::kNeon, "f32-nm-neon", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear,
+                            &D::grouped_gated_down};
 }  // namespace
 
 const NmKernels* nm_kernels_neon() { return &kKernels; }

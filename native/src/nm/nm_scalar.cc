@@ -12,7 +12,8 @@ struct NmCfg_scalar {
   static constexpr int64_t kL1FloatsWide = 6144;
 };
 using D = NmDriver<NmCfg_scalar>;
-const NmKernels kKernels = {Isa::kScalar, "f32-nm-scalar", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear};
+const NmKernels kKernels = {Isa::kScalar, "f32-nm-scalar", D::W, &D::linear, &D::linear_transposed, &D::grouped_linear,
+                            &D::grouped_gated_down};
 }  // namespace
 
 const NmKernels* nm_kernels_scalar() { return &kKernels; }
