@@ -408,7 +408,7 @@ async function runShape(
         h.note(
           `${key} sparse experts T=${T} (2 threads; GFLOP/s counts the dense FLOPs): bsr 32×32 25% ${sp25.toFixed(2)}× dense experts` +
             `${T === 512 ? (sp25 >= 2.5 ? ' ✓≥2.5' : ' ✗<2.5') : ''}, 2:4 ${sp24.toFixed(2)}×${T === 512 ? (sp24 >= 1.3 ? ' ✓≥1.3' : ' ✗<1.3') : ''} ` +
-            `(sparseExpertsForward: two grouped calls, bsrGroupedLinear / nmGroupedLinear, gate/up with the gating fused, then down; gate/up stacked per expert and pruned together, down pruned alone).`,
+            `(sparseExpertsForward: BSR in two bsrGroupedLinear calls, gate/up with the gating fused, then down; 2:4 in one nmGroupedLinear call with down, the gated product passed in the kernels' packed layout; gate/up stacked per expert and pruned together, down pruned alone).`,
         );
       }
     }

@@ -8,9 +8,11 @@
  * BSR the density applies to that stacked matrix: its strongest blocks are
  * kept, wherever they fall (gate or up).
  *
- * Both formats run grouped: one `nmGroupedLinear` / `bsrGroupedLinear` call
- * computes every expert's gate/up product with the gating fused, one more the
- * down product (no per-expert calls, no full intermediate of both products).
+ * Both formats run grouped: BSR in two `bsrGroupedLinear` calls, every
+ * expert's gate/up product with the gating fused, then the down product; N:M
+ * in one `nmGroupedLinear` call with `down`, the gated product handed to the
+ * down kernel in its packed layout (no per-expert calls, no full intermediate
+ * of both products).
  * Only BSR experts whose ffn is not whole block rows fall back to one
  * `bsrLinear` per expert with `glu` between gate/up and down.
  */
