@@ -164,6 +164,7 @@ struct BsrImpl {
   static constexpr int64_t kRun = 64;         // rows of y staged per write-out
   static constexpr int64_t kTileFloats = 64;  // tokens staged per task (tiles × NR), ≥ NR_MAX
   static constexpr int64_t kWCachedBytes = int64_t{8} << 20;  // kept W that stays in the LLC between tiles
+  static constexpr int64_t kMaxGroupTiles = 8;                // token tiles a grouped task takes at most
   using Ukernel = void (*)(int64_t, const int32_t*, const float*, const float*, int64_t, float*, bool);
   using PackFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, float*);
   static_assert(kTileFloats >= NR_MAX, "the stage holds at least one tile of the widest option");
@@ -418,30 +419,64 @@ struct BsrImpl {
     const int64_t nr_tail = static_cast<int64_t>(Cfg::kNrv[opt_tail]) * W;
     Ukernel uks_main[RMAX], uks_tail[RMAX];
     for (int r = 1; r <= RMAX && r <= gs.rows(0); ++r) uks_main[r - 1] = ukernel(opt, bc, r), uks_tail[r - 1] = ukernel(opt_tail, bc, r);
+    // A task takes up to `tg` token tiles of one expert and walks W once for
+    // all of them: each run of rows goes over every tile while that run's
+    // kept blocks are in cache. One tile per task re-read each expert's W
+    // (megabytes, past the LLC) from memory once per tile: Mixtral-shaped
+    // gate/up at T = 512 (4 tiles an expert) took 1.35x the time per token
+    // of one expert with all 1024 tokens, whose W stays in the LLC. The
+    // tiles' x panels (tg · nr · k floats) stay in L2; enough tasks remain
+    // for the pool (about 4 per thread). Tiles are computed as before, so
+    // the result is the same bits. Mixtral-shaped 25 %-dense 32×32 experts,
+    // sparseExpertsForward, 2 threads, interleaved: T = 512 1.16-1.19x,
+    // T = 32, 128 and 2048 1.01-1.03x.
+    int64_t tiles_all = 0;
+    for (int64_t e = 0; e < experts; ++e) tiles_all += sk_ceil_div(offsets[e + 1] - offsets[e], nr_main);
+    const int threads = ThreadPool::instance().num_threads();
+    int64_t tg = sk_min64(kMaxGroupTiles, Cfg::kPanelBytes / (nr_main * k * 4));
+    tg = sk_min64(tg, sk_ceil_div(tiles_all, 4 * static_cast<int64_t>(threads)));
+    if (tg < 1) tg = 1;
     ScratchArray<int64_t> task_base(experts + 1);
     if (!task_base.data()) return kBsrOutOfMemory;
     int64_t* tb = task_base.data();
     tb[0] = 0;
-    for (int64_t e = 0; e < experts; ++e) tb[e + 1] = tb[e] + sk_ceil_div(offsets[e + 1] - offsets[e], nr_main);
+    for (int64_t e = 0; e < experts; ++e) tb[e + 1] = tb[e] + sk_ceil_div(sk_ceil_div(offsets[e + 1] - offsets[e], nr_main), tg);
     std::atomic<bool> oom{false};
     ThreadPool::instance().parallel_for(tb[experts], [&](int64_t task, int) {
       const int64_t e = sk_owner(tb, experts, task);
       const BsrPackedView& w = ws[e];
-      const int64_t rows_e = offsets[e + 1] - offsets[e], t0 = (task - tb[e]) * nr_main, tv = sk_min64(nr_main, rows_e - t0);
-      const bool tail = tv <= nr_tail;
-      const int64_t nr = tail ? nr_tail : nr_main;
-      const Ukernel* uks = tail ? uks_tail : uks_main;
-      float* panel = thread_workspace(static_cast<size_t>(nr_main * k), 2);
-      if (!panel) {
+      const int64_t rows_e = offsets[e + 1] - offsets[e], first = (task - tb[e]) * tg;
+      const int64_t ntiles = sk_min64(tg, sk_ceil_div(rows_e, nr_main) - first);
+      float* panels = thread_workspace(static_cast<size_t>(tg * nr_main * k), 2);
+      if (!panels) {
         oom = true;
         return;
       }
-      pack_x(tail ? opt_tail : opt)(xs + (static_cast<int64_t>(offsets[e]) + t0) * k, tv, k, 0, 1, panel);
-      float* ye = y + (static_cast<int64_t>(offsets[e]) + t0) * out;
+      struct TileRun {
+        int64_t t0, tv, nr;
+        const Ukernel* uks;
+        const float* panel;
+        float* ye;
+      };
+      TileRun tl[kMaxGroupTiles];
+      for (int64_t j = 0; j < ntiles; ++j) {
+        TileRun& t = tl[j];
+        t.t0 = (first + j) * nr_main, t.tv = sk_min64(nr_main, rows_e - t.t0);
+        const bool tail = t.tv <= nr_tail;
+        t.nr = tail ? nr_tail : nr_main;
+        t.uks = tail ? uks_tail : uks_main;
+        float* panel = panels + j * nr_main * k;
+        pack_x(tail ? opt_tail : opt)(xs + (static_cast<int64_t>(offsets[e]) + t.t0) * k, t.tv, k, 0, 1, panel);
+        t.panel = panel;
+        t.ye = y + (static_cast<int64_t>(offsets[e]) + t.t0) * out;
+      }
       alignas(64) float stage[kTileFloats * (kRun + RMAX)];
       alignas(64) float up[kTileFloats * (kRun + RMAX)];
-      // Runs of one side's groups into a stage ([rows][nr]).
-      auto run_groups = [&](int64_t ga, int64_t gb, float* st) {
+      // Runs of one side's groups into a stage ([rows][nr]) for one tile.
+      auto run_groups = [&](int64_t ga, int64_t gb, float* st, const TileRun& t) {
+        const Ukernel* uks = t.uks;
+        const float* panel = t.panel;
+        const int64_t nr = t.nr;
         int64_t off = 0;
         for (int64_t gi = ga; gi < gb; ++gi) {
           const int64_t R = gi / gs.count;
@@ -466,14 +501,17 @@ struct BsrImpl {
           ++gb;
         }
         const int64_t run0 = (ga / gs.count) * br + gs.first_row(static_cast<int>(ga % gs.count));
-        run_groups(ga, gb, stage);
-        if (gate_rows > 0) {
-          run_groups(ga + side_groups, gb + side_groups, up);
-          sk_gate_row(stage, up, run_rows * nr, act);
+        for (int64_t j = 0; j < ntiles; ++j) {
+          const TileRun& t = tl[j];
+          run_groups(ga, gb, stage, t);
+          if (gate_rows > 0) {
+            run_groups(ga + side_groups, gb + side_groups, up, t);
+            sk_gate_row(stage, up, run_rows * t.nr, act);
+          }
+          sk_write_transposed(stage, t.nr, run_rows, t.tv, t.ye + run0, out);
+          if (gate_rows == 0 && act != Activation::kNone)
+            for (int64_t q = 0; q < t.tv; ++q) sk_epilogue_row(t.ye + q * out + run0, nullptr, run_rows, act);
         }
-        sk_write_transposed(stage, nr, run_rows, tv, ye + run0, out);
-        if (gate_rows == 0 && act != Activation::kNone)
-          for (int64_t q = 0; q < tv; ++q) sk_epilogue_row(ye + q * out + run0, nullptr, run_rows, act);
         ga = gb;
       }
     });
