@@ -433,7 +433,7 @@ struct BsrImpl {
     int64_t tiles_all = 0;
     for (int64_t e = 0; e < experts; ++e) tiles_all += sk_ceil_div(offsets[e + 1] - offsets[e], nr_main);
     const int threads = ThreadPool::instance().num_threads();
-    int64_t tg = sk_min64(kMaxGroupTiles, Cfg::kPanelBytes / (nr_main * k * 4));
+    int64_t tg = sk_min64(kMaxGroupTiles, Cfg::kPanelBytes / (nr_main * (k > 0 ? k : 1) * 4));
     tg = sk_min64(tg, sk_ceil_div(tiles_all, 4 * static_cast<int64_t>(threads)));
     if (tg < 1) tg = 1;
     ScratchArray<int64_t> task_base(experts + 1);

@@ -844,13 +844,13 @@ struct NmDriver {
   // width wasted ~20 % of the work at Mixtral's T = 512), and its tiles into
   // task groups of at most 512 tokens, fewer when the row blocks alone would
   // not give the pool enough tasks. The cut depends on the offsets only.
-  template <class P>
   //
   // xp_in: x already packed in this call's tile layout (each tile [K][tt] at
   // K × the tokens of the tiles before it), as a gated call with xp_out left
   // it; xs is then unused. xp_out (gated calls): the gated sums go there, in
   // that layout with K = gate_rows, instead of to y: the next projection's
   // packed input, never transposed into rows and packed back.
+  template <class P>
   static bool run_grouped(const PackedNm* const* ws, int64_t experts, const int32_t* offsets, const float* xs,
                           int64_t gate_rows, Activation act, float* y, int tv_main, const float* bias,
                           const float* xp_in = nullptr, float* xp_out = nullptr) {
