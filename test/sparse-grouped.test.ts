@@ -297,6 +297,7 @@ checkBadInputs('bsrGroupedLinear', [
   { label: 'experts not an array', call: () => bsrGroupedLinear(xs3, groupsOf([3]), B8 as never), error: TypeError, message: /experts/ },
   { label: 'N:M expert', call: () => bsrGroupedLinear(xs3, groupsOf([3]), [P4 as never]), error: TypeError, message: /experts\[0\]/ },
   { label: 'block shapes differ', call: () => bsrGroupedLinear(xs3, groupsOf([1, 2]), [B8, B4]), error: RangeError, message: /experts\[1\]/ },
+  { label: 'down (N:M only)', call: () => bsrGroupedLinear(xs3, groupsOf([3]), [B8], { gated: true, down: [B8] } as never), error: TypeError, message: /options\.down/ },
   { label: 'width ≠ in', call: () => bsrGroupedLinear({ data: new Float32Array(24), shape: [3, 8] }, groupsOf([3]), [B8]), error: RangeError, message: /xs\.shape\[1\]/ },
   { label: 'offsets end ≠ rows', call: () => bsrGroupedLinear(xs3, new Int32Array([0, 2]), [B8]), error: RangeError, message: /xs\.shape\[0\]/ },
   { label: 'gate split inside a block row', call: () => bsrGroupedLinear(xs3, groupsOf([3]), [B12], { gated: true }), error: RangeError, message: /block/ },
