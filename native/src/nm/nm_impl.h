@@ -847,13 +847,15 @@ struct NmDriver {
   //
   // xp_in: x already packed in this call's tile layout (each tile [K][tt] at
   // K × the tokens of the tiles before it), as a gated call with xp_out left
-  // it; xs is then unused. xp_out (gated calls): the gated sums go there, in
-  // that layout with K = gate_rows, instead of to y: the next projection's
-  // packed input, never transposed into rows and packed back.
+  // it; xs is then unused. xp_out (gated calls): the gated sums go to a
+  // buffer this call sizes from its own tiles (thread workspace slot 3, its
+  // address left in *xp_out), in that layout with K = gate_rows, instead of
+  // to y: the next projection's packed input, never transposed into rows and
+  // packed back.
   template <class P>
   static bool run_grouped(const PackedNm* const* ws, int64_t experts, const int32_t* offsets, const float* xs,
                           int64_t gate_rows, Activation act, float* y, int tv_main, const float* bias,
-                          const float* xp_in = nullptr, float* xp_out = nullptr) {
+                          const float* xp_in = nullptr, float** xp_out = nullptr) {
     const PackedNm& w0 = *ws[0];
     const int64_t K = w0.shape.cols, out = gate_rows > 0 ? gate_rows : w0.shape.rows;
     const int n = w0.shape.n, mm = w0.shape.m;
@@ -909,6 +911,13 @@ struct NmDriver {
     }
     if (nt == 0) return true;
     const int64_t mc = row_block(out, n_rb0, ng, threads), n_rb = nm_cdiv(out, mc), per = mc * tok_max;
+    float* hp = nullptr;  // the gated sums' packed tiles (xp_out)
+    if (xp_out) {
+      if (gate_rows <= 0) return false;
+      hp = thread_workspace(size_t(tokw * gate_rows), 3);
+      if (!hp) return false;
+      *xp_out = hp;
+    }
     const float* xp = xp_in;
     if (!xp) {
       float* buf = thread_workspace(size_t(xfloats), 0);
@@ -944,11 +953,11 @@ struct NmDriver {
       if (up) run_task<P>(w, gate_rows, tu, cnt, r0, r1, kc);
       for (int i = 0; i < cnt; ++i) {
         const Tile& t = tiles[g.t0 + i];
-        if (xp_out && up) {
+        if (hp && up) {
           // Rows [r0, r1) of the tile's [gate_rows][tt] packed block, as
           // they lie in acc (padding tokens included: they stay per lane).
           sk_gate_row(tg[i].acc, tu[i].acc, (r1 - r0) * t.tt, act);
-          std::memcpy(xp_out + t.tokoff * gate_rows + r0 * t.tt, tg[i].acc, sizeof(float) * size_t((r1 - r0) * t.tt));
+          std::memcpy(hp + t.tokoff * gate_rows + r0 * t.tt, tg[i].acc, sizeof(float) * size_t((r1 - r0) * t.tt));
           continue;
         }
         store_tile(tg[i].acc, up ? tu[i].acc : nullptr, t.ntok, t.tt, out, r0, r1, bias, act,
@@ -1112,18 +1121,10 @@ struct NmDriver {
       return h && grouped<P>(gu, experts, offsets, xs, ffn, act, h) &&
              grouped<P>(dn, experts, offsets, h, 0, Activation::kNone, y);
     }
+    // Both calls cut the same tiles (same offsets, pattern and tile width).
     const int tv = tile_tv(nm_cdiv(total, busy), n, mm, P::kTuned);
-    // Σ tile widths, as run_grouped cuts them.
-    LocalArray<int> tvs(nm_cdiv(most, W) + 2);
-    int64_t width = 0;
-    for (int64_t e = 0; e < experts; ++e) {
-      const int64_t r = offsets[e + 1] - offsets[e];
-      if (r == 0) continue;
-      const int k = split_tiles(r, n, mm, P::kTuned, tv, tvs.p);
-      for (int i = 0; i < k; ++i) width += int64_t(tvs[i]) * W;
-    }
-    float* hp = thread_workspace(size_t(width * ffn), 3);
-    return hp && run_grouped<P>(gu, experts, offsets, xs, ffn, act, nullptr, tv, nullptr, nullptr, hp) &&
+    float* hp = nullptr;
+    return run_grouped<P>(gu, experts, offsets, xs, ffn, act, nullptr, tv, nullptr, nullptr, &hp) &&
            run_grouped<P>(dn, experts, offsets, nullptr, 0, Activation::kNone, y, tv, nullptr, hp, nullptr);
   }
 
